@@ -1,0 +1,200 @@
+"""Index a dataset tree into the tables every stage reads, and decode each video's audio once.
+
+Usage: python prepare_data.py --dataset affwild2 --root /data/affwild2 --out data/affwild2 [--jobs 8]
+
+Writes (DESIGN.md section 4):
+  frames.parquet   one row per frame to train on or predict: split, txtid, videoid, frame
+                   (1-based), label (-1..7), has_crop, crop_path, template_row
+  videos.parquet   videoid, path, fps, n_frames, duration, has_audio, audio_path, ...
+  audio/<videoid>.npy   mono float32 at --sample-rate, sample i at time i/rate of the video
+  meta.json        root, template, release list, counts per split, warnings
+Train/val frames come from the label files, test frames from the organisers' template, or
+(without one) the container's frame count + 1. A re-run reuses decoded audio; --force redoes it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+
+from utils import affwild2
+from utils.affwild2 import DataError
+from utils.classes import EXPR_CLASSES
+from utils.config import parse_config
+from utils.console import WarningCounter, log, table, track
+from utils.media import decode_audio, probe_video
+from utils.runs import read_json, save_npy, save_parquet, write_json
+
+
+@dataclass
+class PrepareConfig:
+    root: str = field(default="", metadata={"help": "the dataset as distributed (walked recursively)"})
+    out: str = field(default="data/affwild2", metadata={"help": "folder for the tables and audio"})
+    dataset: str = field(default="affwild2", metadata={"choices": ["affwild2"]})
+    sample_rate: int = field(default=16000, metadata={"help": "rate of the decoded audio, Hz"})
+    jobs: int = field(default=2, metadata={"help": "videos decoded in parallel"})
+    force: bool = field(default=False, metadata={"help": "decode audio again even if cached"})
+
+
+def prepare_video(videoid: str, path: Path, out: Path, sample_rate: int, force: bool) -> dict:
+    """Probe one container and cache its audio. Runs in a worker process; never raises."""
+    info_path = out / "audio" / f"{videoid}.json"
+    if info_path.exists() and not force:
+        info = read_json(info_path)
+        if info.get("path") == str(path) and info.get("sample_rate") == sample_rate:
+            return info
+    info = dict(videoid=videoid, path=str(path), sample_rate=sample_rate, audio_path="",
+                audio_samples=0, corrupt_packets=0, error="")
+    try:
+        meta = probe_video(path)
+        info.update(fps=meta.fps, n_frames=meta.n_frames, duration=meta.duration,
+                    has_audio=meta.has_audio, audio_offset=meta.audio_offset)
+        if meta.has_audio:
+            samples, corrupt = decode_audio(path, sample_rate, meta.audio_offset)
+            audio_path = out / "audio" / f"{videoid}.npy"
+            save_npy(audio_path, samples)
+            info.update(audio_path=str(audio_path), audio_samples=len(samples),
+                        corrupt_packets=corrupt, has_audio=len(samples) > 0)
+    except (av.FFmpegError, OSError, ValueError) as err:
+        info.update(fps=float("nan"), n_frames=0, duration=0.0, has_audio=False,
+                    audio_offset=0.0, error=f"{type(err).__name__}: {err}")
+        return info  # not cached: a fixed file is tried again on the next run
+    write_json(info_path, info)
+    return info
+
+
+def test_frames(layout, videos: dict, warnings) -> pd.DataFrame:
+    """The test frames to predict: the template's rows, or container frame count + 1 per txtid."""
+    release = affwild2.read_release_list(layout.release_list) if layout.release_list else []
+    if layout.template is not None:
+        rows = affwild2.read_template(layout.template)
+        missing = sorted(set(release) - set(rows.txtid))
+        if missing:
+            warnings("release", f"{layout.release_list}: {len(missing)} listed txtids are not in "
+                     f"the template {layout.template.name} (first: {missing[0]})", len(missing))
+        return rows
+    if not release:
+        warnings("no test", f"{layout.root}: no *_test_set_release.txt found; the test split is empty")
+        return pd.DataFrame({"txtid": [], "frame": [], "template_row": []})
+    parts = []
+    for txtid in release:
+        video = videos.get(affwild2.videoid_of(txtid))
+        if video is None or not video.get("n_frames"):
+            raise DataError(f"{layout.release_list}: test txtid {txtid} has no readable video "
+                            "and there is no template to tell its frame count")
+        n = video["n_frames"] + 1   # the organisers' convention
+        parts.append(pd.DataFrame({"txtid": txtid, "frame": np.arange(1, n + 1), "template_row": -1}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def index_frames(layout, videos: dict, warnings) -> pd.DataFrame:
+    def bad_line(path, number, text):
+        warnings("label", f"{path}:{number}: label '{text}' is not an integer in -1..7; "
+                 "using -1 (ignored)")
+
+    sources = []  # (split, txtid, frames, labels, template rows)
+    for split in ("train", "val"):
+        for txtid, path in sorted(layout.annotations[split].items()):
+            labels = affwild2.read_labels(path, bad_line)
+            sources.append((split, txtid, np.arange(1, len(labels) + 1), labels, None, path))
+    tests = test_frames(layout, videos, warnings)
+    for txtid, rows in tests.groupby("txtid", sort=True):
+        rows = rows.sort_values("frame")
+        sources.append(("test", txtid, rows.frame.to_numpy(), np.full(len(rows), -1),
+                        rows.template_row.to_numpy(), layout.template or layout.release_list))
+    parts = []
+    for split, txtid, frame, labels, template_row, source in track(sources, description="indexing"):
+        crop_frames, crop_paths = affwild2.list_crops(layout.crop_dirs.get(txtid, []))
+        has_video = affwild2.videoid_of(txtid) in videos
+        if not len(crop_frames) and not has_video:
+            if split == "test":
+                raise DataError(f"{source}: test txtid {txtid} has no crops and no video")
+            warnings("unusable", f"{source}: no crops and no video for {txtid}; left out")
+            continue
+        if not has_video:
+            warnings("no video", f"{source}: no video {affwild2.videoid_of(txtid)}.mp4/.avi "
+                     f"under the root for {txtid}; its audio is treated as silent")
+        beyond = int((crop_frames > frame.max()).sum()) if len(frame) else 0
+        if beyond > 2:   # one or two are normal: label lines and frames differ by -1..+2
+            warnings("beyond", f"{source}: {beyond} crops of {txtid} lie past its last frame")
+        columns = affwild2.txtid_frames(txtid, frame, labels, crop_frames, crop_paths)
+        columns["split"] = split
+        columns["template_row"] = template_row if template_row is not None else -1
+        parts.append(pd.DataFrame(columns))
+    order = ["split", "txtid", "videoid", "frame", "label", "has_crop", "crop_path", "template_row"]
+    frames = pd.concat(parts, ignore_index=True)[order]
+    frames["split"] = pd.Categorical(frames["split"], ["train", "val", "test"])
+    return frames.sort_values(["split", "txtid", "frame"], ignore_index=True)
+
+
+def print_summary(counts: dict, warnings: dict) -> None:
+    splits = list(counts)
+    table("Frames per split", ["", *splits],
+          [["txtids", *[counts[s]["txtids"] for s in splits]],
+           ["videos", *[counts[s]["videos"] for s in splits]],
+           ["frames", *[counts[s]["frames"] for s in splits]],
+           *[[f"  {name}", *[counts[s]["labels"][i] for s in splits]] for i, name in enumerate(EXPR_CLASSES)],
+           ["  -1 (ignored)", *[counts[s]["ignored"] for s in splits]],
+           ["missing crops", *[counts[s]["missing_crops"] for s in splits]],
+           ["videos without audio", *[counts[s]["videos_without_audio"] for s in splits]],
+           ["txtids without a video", *[counts[s]["txtids_without_video"] for s in splits]]])
+    if warnings:
+        table("Warnings (counted, worked around)", ["kind", "count"], [[k, v] for k, v in warnings.items()])
+
+
+def main(argv=None):
+    cfg = parse_config(PrepareConfig, argv, description=__doc__.split("\n")[0])
+    if not cfg.root:
+        raise SystemExit("error: --root is required (the folder the dataset was unpacked to)")
+    out = Path(cfg.out)
+    warnings = WarningCounter()
+    try:
+        layout = affwild2.scan(Path(cfg.root).resolve())
+        for first, second in layout.duplicates:
+            warnings("duplicate", f"{second}: same txtid as {first}; using the first")
+        needed = sorted({affwild2.videoid_of(t) for split in layout.annotations.values() for t in split}
+                        | {affwild2.videoid_of(t) for t in (affwild2.read_release_list(layout.release_list)
+                                                            if layout.release_list else [])})
+        if layout.template is not None:
+            needed = sorted(set(needed) | {affwild2.videoid_of(t) for t in
+                                           affwild2.read_template(layout.template).txtid.unique()})
+        found = [(v, layout.videos[v]) for v in needed if v in layout.videos]
+        results = Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
+            delayed(prepare_video)(v, p, out, cfg.sample_rate, cfg.force) for v, p in found)
+        videos = {}
+        for info in track(results, total=len(found), description="decoding audio"):
+            if info["error"]:
+                warnings("video", f"{info['path']}: unreadable ({info['error']}); treated as silent")
+            elif not info["has_audio"]:
+                warnings("no audio", f"{info['path']}: no audio stream; treated as silent")
+            elif info["corrupt_packets"]:
+                warnings("corrupt audio", f"{info['path']}: {info['corrupt_packets']} corrupt audio "
+                         "packets skipped")
+            videos[info["videoid"]] = info
+        frames = index_frames(layout, {v: i for v, i in videos.items() if not i["error"]}, warnings)
+    except DataError as err:
+        raise SystemExit(f"error: {err}")
+    video_table = pd.DataFrame(sorted(videos.values(), key=lambda i: i["videoid"]),
+                               columns=["videoid", "path", "fps", "n_frames", "duration", "has_audio",
+                                        "audio_path", "audio_samples", "audio_offset", "sample_rate",
+                                        "corrupt_packets", "error"])
+    video_table["has_audio"] = video_table["has_audio"].astype(bool)
+    counts = affwild2.split_counts(frames, video_table)
+    save_parquet(out / "frames.parquet", frames)
+    save_parquet(out / "videos.parquet", video_table)
+    write_json(out / "meta.json", dict(
+        dataset=cfg.dataset, root=str(layout.root), sample_rate=cfg.sample_rate,
+        template=str(layout.template) if layout.template else None,
+        release_list=str(layout.release_list) if layout.release_list else None,
+        classes=list(EXPR_CLASSES), counts=counts, warnings=warnings.summary()))
+    print_summary(counts, warnings.summary())
+    log(f"wrote {out}/frames.parquet ({len(frames):,} frames), videos.parquet ({len(video_table)} videos), "
+        f"audio/ and meta.json")
+
+
+if __name__ == "__main__":
+    main()

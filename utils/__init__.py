@@ -1,0 +1,1 @@
+"""Shared machinery of the kit: config, data layouts, metrics, runs, console."""
