@@ -75,8 +75,9 @@ def scan(root: str | os.PathLike) -> Layout:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
         dirnames.sort()
-        if here.parent.name.startswith("cropped_aligned"):
-            # A crop folder: list it later, per txtid, with the frame numbers.
+        if here.parent.name.startswith("cropped_aligned") and not here.name.startswith("cropped_aligned"):
+            # A txtid's crop folder (the zips unpack to cropped_aligned/cropped_aligned/<txtid>
+            # too): list it later, per txtid, with the frame numbers.
             layout.crop_dirs.setdefault(here.name, []).append(here)
             dirnames[:] = []
             continue

@@ -50,7 +50,8 @@ def _coerce(name: str, value, tp):
 
 def build_parser(cls, description: str | None = None, presets: dict | None = None):
     hints = typing.get_type_hints(cls)
-    parser = argparse.ArgumentParser(description=description,
+    # No abbreviations: "--epoch" must not silently mean "--epochs".
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="JSON or YAML file of config keys")
     if presets:
@@ -93,7 +94,10 @@ def _apply(values: dict, updates: dict, cls, source: str):
         name = key.replace("-", "_")
         if name not in hints:
             raise ConfigError(f"{source}: unknown config key '{key}'")
-        values[name] = _coerce(name, value, hints[name])
+        try:
+            values[name] = _coerce(name, value, hints[name])
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
 
 
 def parse_config(cls, argv=None, description: str | None = None, presets: dict | None = None):
@@ -101,7 +105,8 @@ def parse_config(cls, argv=None, description: str | None = None, presets: dict |
     parser = build_parser(cls, description, presets)
     args = parser.parse_args(argv)
     # Parse again with every default suppressed to learn which flags were given.
-    given = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    given = argparse.ArgumentParser(add_help=False, allow_abbrev=False,
+                                    argument_default=argparse.SUPPRESS)
     for action in parser._actions:
         if action.option_strings and not isinstance(action, argparse._HelpAction):
             kwargs = dict(dest=action.dest)
