@@ -143,7 +143,7 @@ def print_summary(counts: dict, warnings: dict) -> None:
            ["videos without audio", *[counts[s]["videos_without_audio"] for s in splits]],
            ["txtids without a video", *[counts[s]["txtids_without_video"] for s in splits]]])
     if warnings:
-        table("Warnings (counted, worked around)", ["kind", "count"], [[k, v] for k, v in warnings.items()])
+        table("Warnings", ["kind", "count"], [[k, v] for k, v in warnings.items()])
 
 
 def main(argv=None):
