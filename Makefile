@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 DEMO := demo
 SCALE ?= small
 JOBS ?= 2
+SEED ?= 0
 
 .PHONY: demo test bench clean-demo
 
@@ -17,12 +18,18 @@ $(VENV)/.installed: requirements.txt
 demo: $(VENV)/.installed
 	$(PY) make_demo_data.py --out $(DEMO)/affwild2_raw --scale $(SCALE) --jobs $(JOBS)
 	$(PY) prepare_data.py --dataset affwild2 --root $(DEMO)/affwild2_raw --out $(DEMO)/data/affwild2 --jobs $(JOBS)
+	$(PY) train_image.py --preset demo --data $(DEMO)/data/affwild2 --runs $(DEMO)/runs --seed $(SEED)
+	$(PY) ensemble.py --runs '$(DEMO)/runs/image/*_seed$(SEED)' --name demo --out-dir $(DEMO)/ensembles
+	$(PY) make_submission.py --ensemble $(DEMO)/ensembles/demo --split val --out $(DEMO)/submissions/demo.zip
+	$(PY) make_submission.py --ensemble $(DEMO)/ensembles/demo --out $(DEMO)/submissions/demo.zip
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_prepare.py
+	$(PY) benchmarks/bench_image.py
+	$(PY) benchmarks/bench_ensemble.py
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -9,7 +9,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
-console = Console(highlight=False)
+# Off a terminal (logs, CI) rich would assume 80 columns and squeeze the wide tables.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def log(message: str) -> None:

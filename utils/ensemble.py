@@ -80,9 +80,10 @@ def load_members(members: list[Member], split: str) -> tuple[list[np.ndarray], d
         total = None
         for run in member.runs:
             path = Path(run) / "preds" / f"{split}.npz"
-            preds = load_preds(path)
+            preds = load_preds(path, keys=[member.head])
             if member.head not in preds:
-                heads = sorted(k for k in preds if k.startswith("logits"))
+                with np.load(path, allow_pickle=False) as data:
+                    heads = sorted(k for k in data.files if k.startswith("logits"))
                 raise DataError(f"{path}: no '{member.head}' array (it has {heads})")
             if ref is None:
                 ref = {k: preds[k] for k in ("txtid", "frame", "label", "has_crop")}

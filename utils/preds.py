@@ -48,12 +48,15 @@ def save_preds(path, *, txtid, frame, label, has_crop, logits, features=None, **
     save_npz(path, **arrays)
 
 
-def load_preds(path) -> dict[str, np.ndarray]:
+def load_preds(path, keys=None) -> dict[str, np.ndarray]:
+    """The arrays of a prediction file; `keys` reads only those (and the required ones), so a
+    stage that needs logits never reads gigabytes of features."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prediction file not found")
     with np.load(path, allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files}
+        wanted = data.files if keys is None else [k for k in data.files if k in set(keys) | set(REQUIRED)]
+        arrays = {key: data[key] for key in wanted}
     missing = [k for k in REQUIRED if k not in arrays]
     if missing:
         raise DataError(f"{path}: not a prediction file, missing {missing}")

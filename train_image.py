@@ -1,0 +1,184 @@
+"""Image branch: fine-tune a timm backbone (Swin-Tiny) on face crops, write per-frame predictions.
+
+Usage: python train_image.py --data data/affwild2 --seed 0 [--model swin_tiny_patch4_window7_224]
+       torchrun --nproc_per_node=4 train_image.py --data data/affwild2 --seed 0
+
+Writes runs/image/<name>_seed<k>/: config.json, log.jsonl, best.pt, last.pt (a killed run
+resumes from it), preds/{train,val,test}.npz for every frame of every video (frames without a
+crop take the nearest crop's output, has_crop=False) and metrics.json, written last.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from utils.config import parse_config
+from utils.console import log, table, warn
+from utils.data import ClassBalancedSampler, CropDataset, image_augmentation, load_frames, nearest_index, seed_worker
+from utils.engine import InputPipe, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
+from utils.models import create_model, features_and_logits, load_weights, normalisation
+from utils.preds import save_preds
+from utils.runs import is_complete, run_dir, save_config, seed_everything, write_json
+from utils.classes import EXPR_CLASSES
+
+
+@dataclass
+class ImageConfig:
+    data: str = field(default="data/affwild2", metadata={"help": "output folder of prepare_data.py"})
+    runs: str = field(default="runs", metadata={"help": "root of the run folders"})
+    name: str = field(default="", metadata={"help": "run name (default: the model name)"})
+    seed: int = 0
+    model: str = field(default="swin_tiny_patch4_window7_224", metadata={"help": "any timm model name"})
+    pretrained: bool = field(default=True, metadata={"help": "ImageNet weights from the timm hub"})
+    pretrained_path: str | None = field(default=None, metadata={"help": "weights file, for offline use"})
+    img_size: int = field(default=224, metadata={"help": "model input; the 112 px crops are resized on the device"})
+    epochs: int = 10
+    batch_size: int = 32
+    accum_steps: int = field(default=2, metadata={"help": "effective batch = batch_size x accum_steps x GPUs"})
+    lr: float = 5e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    class_weighted: bool = field(default=False, metadata={"help": "weight the loss by inverse drawn frequency"})
+    max_per_class: int = field(default=0, metadata={"help": "resampler cap per class and epoch (0: median class size)"})
+    augment: float = field(default=1.0, metadata={"help": "augmentation strength, 0 turns it off"})
+    random_erase: float = field(default=0.25, metadata={"help": "probability of timm RandomErasing per image, on the device"})
+    ema: bool = False
+    ema_decay: float = 0.9998
+    grad_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
+    precision: str = field(default="auto", metadata={"choices": ["auto", "fp32", "fp16", "bf16"]})
+    device: str = "auto"
+    workers: int = 4
+    patience: int = field(default=4, metadata={"help": "early stop after this many epochs without gain (0: never)"})
+    tta: bool = field(default=True, metadata={"help": "average with the horizontally flipped crop at prediction"})
+    overwrite: bool = field(default=False, metadata={"help": "train again even if the run is complete"})
+    predict_only: bool = field(default=False, metadata={"help": "rewrite the predictions from best.pt"})
+
+
+# A tiny CPU configuration: make demo and the tests train it in about a minute on 2 cores.
+PRESETS = {"demo": dict(model="test_efficientnet", pretrained=False, img_size=64, epochs=6,
+                        batch_size=64, accum_steps=1, lr=5e-3, weight_decay=0.01, drop_path=0.0,
+                        warmup_epochs=0.2, max_per_class=350, workers=1, patience=0, ema=False)}
+
+
+def loader_for(dataset, cfg, sampler=None, batch_size=None):
+    return DataLoader(dataset, batch_size=batch_size or cfg.batch_size, sampler=sampler,
+                      num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
+                      worker_init_fn=seed_worker, persistent_workers=False, drop_last=False)
+
+
+@torch.no_grad()
+def infer(model, frames, cfg, pipe, d, precision, tta: bool):
+    """Logits and features of every row of `frames` (all with crops), split over the ranks."""
+    part = frames.iloc[shard(len(frames), d)]
+    loader = loader_for(CropDataset(part), cfg, batch_size=cfg.batch_size * 2)
+    model.eval()
+    logits, feats = [], []
+    for images, _, _ in loader:
+        x = pipe(images)
+        with autocast(d.device, precision):
+            f, l = features_and_logits(model, x)
+            if tta:
+                f2, l2 = features_and_logits(model, torch.flip(x, dims=[3]))
+                f, l = (f + f2) / 2, (l + l2) / 2
+        logits.append(l.float().cpu().numpy())
+        feats.append(f.float().cpu().numpy().astype(np.float16))
+    width = model.num_features
+    logits = np.concatenate(logits) if logits else np.zeros((0, len(EXPR_CLASSES)), np.float32)
+    feats = np.concatenate(feats) if feats else np.zeros((0, width), np.float16)
+    return gather(logits, d), gather(feats, d)
+
+
+def predict_split(model, frames, cfg, pipe, d, precision) -> dict:
+    """Outputs for every frame: frames without a crop take their txtid's nearest crop."""
+    has_crop = frames["has_crop"].to_numpy()
+    logits_c, feats_c = infer(model, frames[has_crop], cfg, pipe, d, precision, cfg.tta)
+    crop_pos = np.cumsum(has_crop) - 1
+    source = np.full(len(frames), -1)
+    for idx in frames.groupby("txtid", sort=False).indices.values():
+        near = nearest_index(has_crop[idx])
+        source[idx] = np.where(near >= 0, idx[np.maximum(near, 0)], -1)
+    logits = np.zeros((len(frames), logits_c.shape[1]), np.float32)
+    feats = np.zeros((len(frames), feats_c.shape[1]), np.float16)
+    ok = source >= 0
+    logits[ok], feats[ok] = logits_c[crop_pos[source[ok]]], feats_c[crop_pos[source[ok]]]
+    if (~ok).any() and d.main:
+        warn(f"{frames.loc[~ok, 'txtid'].nunique()} txtids have no crop at all; their "
+             f"{(~ok).sum()} frames get zero logits")
+    return dict(txtid=frames["txtid"].to_numpy(), frame=frames["frame"].to_numpy(),
+                label=frames["label"].to_numpy(), has_crop=has_crop, logits=logits, features=feats)
+
+
+def main(argv=None):
+    cfg = parse_config(ImageConfig, argv, description=__doc__.split("\n")[0], presets=PRESETS)
+    d = setup_distributed(cfg.device)
+    run = run_dir(cfg.runs, "image", cfg.name or cfg.model, cfg.seed)
+    if is_complete(run) and not (cfg.overwrite or cfg.predict_only):
+        log(f"{run} is complete (metrics.json); --overwrite trains again, --predict-only re-predicts")
+        return run
+    if cfg.overwrite and d.main:
+        for stale in ("last.pt", "best.pt", "log.jsonl", "metrics.json"):
+            (run / stale).unlink(missing_ok=True)
+    seed_everything(cfg.seed)
+    precision = pick_precision(d.device, cfg.precision)
+    frames = load_frames(cfg.data)
+    model = create_model(cfg.model, len(EXPR_CLASSES), cfg.pretrained and not cfg.predict_only,
+                         cfg.pretrained_path, cfg.img_size, drop_path=cfg.drop_path)
+    pipe = InputPipe(*normalisation(model), cfg.img_size, d.device, cfg.random_erase * (cfg.augment > 0))
+    if d.main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(run, asdict(cfg) | dict(precision=precision, world_size=d.world_size))
+        log(f"{run}: {cfg.model} at {cfg.img_size}px, {precision}, {d.world_size} x {d.device}")
+    val = frames[(frames.split == "val") & frames.has_crop & (frames.label >= 0)]
+
+    def evaluate(model):
+        logits, _ = infer(model, val, cfg, pipe, d, precision, tta=False)
+        return score(val["label"].to_numpy(), logits)
+
+    def step(net, batch):
+        images, labels, replaced = batch
+        return net(pipe(images, train=True)), labels.to(d.device), len(labels), int(replaced.sum())
+
+    if not cfg.predict_only:
+        train = frames[(frames.split == "train") & frames.has_crop & (frames.label >= 0)].reset_index(drop=True)
+        sampler = ClassBalancedSampler(train["label"].to_numpy(), cfg.max_per_class, cfg.seed, d.rank, d.world_size)
+        dataset = CropDataset(train, image_augmentation(cfg.augment), cfg.seed)
+        drawn = torch.tensor(sampler.draw_counts, dtype=torch.float32)
+        weights = (drawn.sum() / drawn.clamp(min=1)) / len(drawn) if cfg.class_weighted else None
+        if d.main:
+            log(f"train frames {len(train):,}; drawn per epoch (cap {sampler.max_per_class:,}): "
+                + ", ".join(f"{n} {c}" for n, c in zip(sampler.draw_counts, EXPR_CLASSES)))
+        trainer = Trainer(model, cfg, run, d, precision, step, evaluate, weights)
+        trainer.fit(loader_for(dataset, cfg, sampler), sampler)
+    if not (run / "best.pt").exists():
+        raise SystemExit(f"error: {run / 'best.pt'} not found: nothing to predict with")
+    best = load_weights(model, run / "best.pt")
+    model.to(d.device)
+    results = {}
+    for split in ("train", "val", "test"):
+        preds = predict_split(model, frames[frames.split == split].reset_index(drop=True), cfg, pipe, d, precision)
+        if d.main:
+            save_preds(run / "preds" / f"{split}.npz", **preds)
+        results[split] = preds
+    if d.main:
+        val_all = results["val"]
+        scored = score(val_all["label"], val_all["logits"])
+        metrics = dict(val_macro_f1=scored["macro_f1"], val_per_class_f1=dict(zip(EXPR_CLASSES, scored["per_class_f1"])),
+                       val_macro_f1_crops_only=best.get("val_macro_f1"), best_epoch=best.get("epoch"))
+        table(f"{run.name}: val F1, every frame", ["", *EXPR_CLASSES, "macro"],
+              [["F1", *scored["per_class_f1"], scored["macro_f1"]]])
+        write_json(run / "metrics.json", metrics)
+        log(f"image branch val macro-F1 {scored['macro_f1']:.4f} -> {run}")
+    return run
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except FloatingPointError as err:
+        raise SystemExit(f"error: {err}")
