@@ -52,7 +52,8 @@ def test_prediction_files_cover_every_frame_in_order(image_run, demo_data):
 
 
 def test_killed_run_resumes_to_the_same_result_and_same_seed_same_predictions(demo_data, tmp_path, monkeypatch):
-    args = TINY + ["--data", str(demo_data)]
+    # EMA and gradient accumulation on: their state must survive the restart too.
+    args = TINY + ["--data", str(demo_data), "--ema", "--ema-decay", "0.9", "--accum-steps", "2"]
     straight = train_image.main(args + ["--runs", str(tmp_path / "a")])
     again = train_image.main(args + ["--runs", str(tmp_path / "c")])
     original = engine.append_jsonl
@@ -68,12 +69,12 @@ def test_killed_run_resumes_to_the_same_result_and_same_seed_same_predictions(de
     monkeypatch.setattr(engine, "append_jsonl", original)
     resumed = train_image.main(args + ["--runs", str(tmp_path / "b")])
 
-    a = torch.load(straight / "last.pt", weights_only=True)["model"]
-    b = torch.load(resumed / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda m: {k: v for k, v in m.items()}  # noqa: E731
-    assert strip(json.loads((straight / "metrics.json").read_text())) == \
-        strip(json.loads((resumed / "metrics.json").read_text()))
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(resumed / "last.pt", weights_only=True)
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert a["updates"] == b["updates"] == 2 * -(-240 // (64 * 2))   # 2 epochs of 240 frames
+    assert json.loads((straight / "metrics.json").read_text()) == json.loads((resumed / "metrics.json").read_text())
     for split in ("val", "test"):
         pa, pc = load_preds(straight / "preds" / f"{split}.npz"), load_preds(again / "preds" / f"{split}.npz")
         np.testing.assert_array_equal(pa["logits"], pc["logits"])

@@ -5,9 +5,10 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
 
 # Off a terminal (logs, CI) rich would assume 80 columns and squeeze the wide tables.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -22,31 +23,46 @@ def warn(message: str) -> None:
                                                  soft_wrap=True)
 
 
-def track(iterable, total: int | None = None, description: str = "working", every: float = 10.0):
-    """Iterate with a progress bar on a terminal, or a plain line every `every` seconds."""
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. images/s when each step is a batch of `scale` images."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed * task.fields['scale']:,.0f} {task.fields['unit']}/s" if speed else "")
+
+
+def track(iterable, total: int | None = None, description: str = "working", every: float = 10.0,
+          unit: str = "it", scale: int = 1):
+    """Iterate with a progress bar on a terminal, or a plain line every `every` seconds.
+
+    `scale` items per step (a batch size) turns the rate into items/s (`unit`/s)."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
     if sys.stdout.isatty():
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn()]
+                   RateColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task(description, total=total)
+            task = progress.add_task(description, total=total, unit=unit, scale=scale)
             for item in iterable:
                 yield item
                 progress.advance(task)
         return
     start = last = time.monotonic()
     done = 0
+
+    def line(now, suffix=""):
+        rate = done * scale / max(now - start, 1e-9)
+        log(f"{description}: {done}/{total if total is not None else '?'}{suffix} "
+            f"({now - start:.0f}s, {rate:,.0f} {unit}/s)")
+
     for item in iterable:
         yield item
         done += 1
         now = time.monotonic()
         if now - last >= every:
             last = now
-            log(f"{description}: {done}/{total if total is not None else '?'} "
-                f"({now - start:.0f}s)")
-    log(f"{description}: {done}/{total if total is not None else '?'} done in "
-        f"{time.monotonic() - start:.1f}s")
+            line(now)
+    line(time.monotonic(), " done")
 
 
 def table(title: str, columns: list[str], rows: list[list], justify_first: str = "left") -> Table:

@@ -190,7 +190,8 @@ class Trainer:
             self.net.train()
             start, seen, total_loss, replaced = time.perf_counter(), 0, 0.0, 0
             self.optimizer.zero_grad(set_to_none=True)
-            batches = track(loader, description=f"epoch {epoch}") if d.main else loader
+            batches = (track(loader, description=f"epoch {epoch}", unit="img", scale=loader.batch_size * d.world_size)
+                       if d.main else loader)
             for step, batch in enumerate(batches):
                 last_micro = (step + 1) % cfg.accum_steps == 0 or step + 1 == len(loader)
                 sync = contextlib.nullcontext() if last_micro or d.world_size == 1 else self.net.no_sync()
