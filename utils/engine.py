@@ -183,7 +183,6 @@ class Trainer:
         cfg, d = self.cfg, self.d
         scheduler = self._scheduler(len(loader))
         self._resume()
-        records = {}
         for epoch in range(self.start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
             loader.dataset.set_epoch(epoch)
@@ -224,7 +223,6 @@ class Trainer:
                           images_per_s=seen * d.world_size / seconds, seconds=seconds, replaced_crops=replaced,
                           val_macro_f1=val["macro_f1"], val_per_class_f1=val["per_class_f1"],
                           drawn_per_class=getattr(sampler, "draw_counts", np.array([])).tolist())
-            records[epoch] = record
             if d.main:
                 if improved:
                     save_torch(self.run / "best.pt", dict(model=self.eval_model.state_dict(), epoch=epoch,
