@@ -67,16 +67,15 @@ def prepare_video(videoid: str, path: Path, out: Path, sample_rate: int, force: 
     return info
 
 
-def test_frames(layout, videos: dict, warnings) -> pd.DataFrame:
+def test_frames(layout, release: list[str], template: pd.DataFrame | None, videos: dict,
+                warnings) -> pd.DataFrame:
     """The test frames to predict: the template's rows, or container frame count + 1 per txtid."""
-    release = affwild2.read_release_list(layout.release_list) if layout.release_list else []
-    if layout.template is not None:
-        rows = affwild2.read_template(layout.template)
-        missing = sorted(set(release) - set(rows.txtid))
+    if template is not None:
+        missing = sorted(set(release) - set(template.txtid))
         if missing:
             warnings("release", f"{layout.release_list}: {len(missing)} listed txtids are not in "
                      f"the template {layout.template.name} (first: {missing[0]})", len(missing))
-        return rows
+        return template
     if not release:
         warnings("no test", f"{layout.root}: no *_test_set_release.txt found; the test split is empty")
         return pd.DataFrame({"txtid": [], "frame": [], "template_row": []})
@@ -91,7 +90,7 @@ def test_frames(layout, videos: dict, warnings) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def index_frames(layout, videos: dict, warnings) -> pd.DataFrame:
+def index_frames(layout, release, template, videos: dict, warnings) -> pd.DataFrame:
     def bad_line(path, number, text):
         warnings("label", f"{path}:{number}: label '{text}' is not an integer in -1..7; "
                  "using -1 (ignored)")
@@ -101,7 +100,7 @@ def index_frames(layout, videos: dict, warnings) -> pd.DataFrame:
         for txtid, path in sorted(layout.annotations[split].items()):
             labels = affwild2.read_labels(path, bad_line)
             sources.append((split, txtid, np.arange(1, len(labels) + 1), labels, None, path))
-    tests = test_frames(layout, videos, warnings)
+    tests = test_frames(layout, release, template, videos, warnings)
     for txtid, rows in tests.groupby("txtid", sort=True):
         rows = rows.sort_values("frame")
         sources.append(("test", txtid, rows.frame.to_numpy(), np.full(len(rows), -1),
@@ -156,12 +155,12 @@ def main(argv=None):
         layout = affwild2.scan(Path(cfg.root).resolve())
         for first, second in layout.duplicates:
             warnings("duplicate", f"{second}: same txtid as {first}; using the first")
-        needed = sorted({affwild2.videoid_of(t) for split in layout.annotations.values() for t in split}
-                        | {affwild2.videoid_of(t) for t in (affwild2.read_release_list(layout.release_list)
-                                                            if layout.release_list else [])})
-        if layout.template is not None:
-            needed = sorted(set(needed) | {affwild2.videoid_of(t) for t in
-                                           affwild2.read_template(layout.template).txtid.unique()})
+        release = affwild2.read_release_list(layout.release_list) if layout.release_list else []
+        template = affwild2.read_template(layout.template) if layout.template else None
+        txtids = {t for split in layout.annotations.values() for t in split} | set(release)
+        if template is not None:
+            txtids |= set(template.txtid.unique())
+        needed = sorted({affwild2.videoid_of(t) for t in txtids})
         found = [(v, layout.videos[v]) for v in needed if v in layout.videos]
         results = Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
             delayed(prepare_video)(v, p, out, cfg.sample_rate, cfg.force) for v, p in found)
@@ -175,7 +174,8 @@ def main(argv=None):
                 warnings("corrupt audio", f"{info['path']}: {info['corrupt_packets']} corrupt audio "
                          "packets skipped")
             videos[info["videoid"]] = info
-        frames = index_frames(layout, {v: i for v, i in videos.items() if not i["error"]}, warnings)
+        frames = index_frames(layout, release, template,
+                              {v: i for v, i in videos.items() if not i["error"]}, warnings)
     except DataError as err:
         raise SystemExit(f"error: {err}")
     video_table = pd.DataFrame(sorted(videos.values(), key=lambda i: i["videoid"]),
