@@ -7,9 +7,11 @@ Writes (DESIGN.md section 4):
                    (1-based), label (-1..7), has_crop, crop_path, template_row
   videos.parquet   videoid, path, fps, n_frames, duration, has_audio, audio_path, ...
   audio/<videoid>.npy   mono float32 at --sample-rate, sample i at time i/rate of the video
+  spec/nfft<n>_hop<h>_mels<m>/<videoid>.npy   its log-mel spectrogram, float16 (mels, columns) in dB;
+                   column j is centred at j*hop/rate seconds (spec.json says so)
   meta.json        root, template, release list, counts per split, warnings
 Train/val frames come from the label files, test frames from the organisers' template, or
-(without one) the container's frame count + 1. A re-run reuses decoded audio; --force redoes it.
+(without one) the container's frame count + 1. A re-run reuses decoded audio and spectrograms; --force redoes them.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from joblib import Parallel, delayed
 
 from utils import affwild2
 from utils.affwild2 import DataError
+from utils.audio import ensure_spectrograms
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import WarningCounter, log, table, track
@@ -36,6 +39,9 @@ class PrepareConfig:
     out: str = field(default="data/affwild2", metadata={"help": "folder for the tables and audio"})
     dataset: str = field(default="affwild2", metadata={"choices": ["affwild2"]})
     sample_rate: int = field(default=16000, metadata={"help": "rate of the decoded audio, Hz"})
+    n_fft: int = field(default=2048, metadata={"help": "log-mel spectrogram window, samples"})
+    hop: int = field(default=1024, metadata={"help": "log-mel spectrogram hop, samples"})
+    n_mels: int = field(default=128, metadata={"help": "log-mel spectrogram bands"})
     jobs: int = field(default=2, metadata={"help": "videos decoded in parallel"})
     force: bool = field(default=False, metadata={"help": "decode audio again even if cached"})
 
@@ -192,8 +198,9 @@ def main(argv=None):
         release_list=str(layout.release_list) if layout.release_list else None,
         classes=list(EXPR_CLASSES), counts=counts, warnings=warnings.summary()))
     print_summary(counts, warnings.summary())
+    spec = ensure_spectrograms(out, cfg.n_fft, cfg.hop, cfg.n_mels, jobs=cfg.jobs, force=cfg.force)
     log(f"wrote {out}/frames.parquet ({len(frames):,} frames), videos.parquet ({len(video_table)} videos), "
-        f"audio/ and meta.json")
+        f"audio/, {spec.relative_to(out)}/ (log-mel) and meta.json")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,18 @@ def load_frames(data_dir, splits=("train", "val", "test")) -> pd.DataFrame:
     return frames[frames.split.isin(splits)].reset_index(drop=True)
 
 
+def load_videos(data_dir, frames: pd.DataFrame | None = None) -> pd.DataFrame:
+    """videos.parquet, plus a silent row (has_audio False, fps NaN) for every videoid of
+    `frames` that prepare_data.py found no container for: those frames still get predictions."""
+    videos = pd.read_parquet(f"{data_dir}/videos.parquet")
+    if frames is not None:
+        missing = sorted(set(frames["videoid"].unique()) - set(videos["videoid"]))
+        if missing:
+            extra = pd.DataFrame({"videoid": missing, "fps": np.nan, "has_audio": False, "path": ""})
+            videos = pd.concat([videos, extra], ignore_index=True)
+    return videos
+
+
 def image_augmentation(strength: float = 1.0, size: int = 112) -> A.Compose | None:
     """Flip, scale/shift jitter, brightness/contrast at the crops' own 112 px, in the workers.
 

@@ -1,0 +1,220 @@
+"""Audio branch: a timm backbone (Swin-Tiny) on log-mel windows of three lengths around each frame.
+
+Usage: python train_audio.py --data data/affwild2 --seed 0 [--model swin_tiny_patch4_window7_224]
+       torchrun --nproc_per_node=4 train_audio.py --data data/affwild2 --seed 0
+
+Each frame has three windows centred on it (32, 48 and 64 frames by default). Training keeps a
+window only if enough of its frames share the centre frame's label (0.8 / 0.65 / 0.5) and
+draws a class-balanced subset of the kept windows each epoch. Writes runs/audio/<name>_seed<k>/
+like train_image.py; preds/<split>.npz holds `features` (N, 3, D), one per window, `logits` =
+the mean of the three windows' logits, and `has_audio` (False: the video has no sound).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from utils.audio import (AudioPipe, WindowDataset, bank_stats, ensure_spectrograms, frame_windows,
+                         keep_batch, load_bank, pure_windows)
+from utils.classes import EXPR_CLASSES
+from utils.config import parse_config
+from utils.console import log, table
+from utils.data import ClassBalancedSampler, load_frames, load_videos, nearest_index
+from utils.engine import Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
+from utils.models import create_model, features_and_logits, load_weights
+from utils.preds import save_preds
+from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
+
+
+@dataclass
+class AudioConfig:
+    data: str = field(default="data/affwild2", metadata={"help": "output folder of prepare_data.py"})
+    runs: str = field(default="runs", metadata={"help": "root of the run folders"})
+    name: str = field(default="", metadata={"help": "run name (default: the model name)"})
+    seed: int = 0
+    model: str = field(default="swin_tiny_patch4_window7_224", metadata={"help": "any timm model name"})
+    pretrained: bool = field(default=True, metadata={"help": "ImageNet weights from the timm hub (1-channel stem)"})
+    pretrained_path: str | None = field(default=None, metadata={"help": "weights file, for offline use"})
+    img_size: int = field(default=224, metadata={"help": "each window is stretched to img_size x img_size"})
+    n_fft: int = 2048
+    hop: int = field(default=1024, metadata={"help": "spectrogram hop in samples (64 ms at 16 kHz)"})
+    n_mels: int = 128
+    window_frames: list[int] = field(default_factory=lambda: [32, 48, 64],
+                                     metadata={"help": "window lengths in video frames, centred on the frame"})
+    purity: list[float] = field(default_factory=lambda: [0.8, 0.65, 0.5],
+                                metadata={"help": "per length: share of frames with the centre's label to train on it"})
+    predict_stride: int = field(default=4, metadata={"help": "run the windows of every S-th frame; the others take "
+                                                              "the nearest (BENCHMARKS.md: what it costs)"})
+    freq_mask: float = field(default=0.15, metadata={"help": "SpecAugment: widest frequency mask, share of the axis"})
+    time_mask: float = field(default=0.15, metadata={"help": "SpecAugment: widest time mask, share of the axis"})
+    epochs: int = 8
+    batch_size: int = 64
+    accum_steps: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    max_per_class: int = field(default=0, metadata={"help": "resampler cap per class and epoch (0: median class size)"})
+    ema: bool = False
+    ema_decay: float = 0.9998
+    grad_checkpointing: bool = False
+    precision: str = field(default="auto", metadata={"choices": ["auto", "fp32", "fp16", "bf16"]})
+    device: str = "auto"
+    workers: int = 2
+    patience: int = field(default=3, metadata={"help": "early stop after this many epochs without gain (0: never)"})
+    jobs: int = field(default=2, metadata={"help": "processes computing missing spectrograms"})
+    overwrite: bool = field(default=False, metadata={"help": "train again even if the run is complete"})
+    predict_only: bool = field(default=False, metadata={"help": "rewrite the predictions from best.pt"})
+
+
+# A tiny CPU configuration for make demo and the tests (about a minute on 2 cores).
+PRESETS = {"demo": dict(model="test_efficientnet", pretrained=False, img_size=64, epochs=5, batch_size=64,
+                        lr=5e-3, weight_decay=0.01, drop_path=0.0, warmup_epochs=0.2, max_per_class=500,
+                        workers=0, patience=0)}
+
+
+def loader_for(dataset, cfg, sampler=None, batch_size=None):
+    return DataLoader(dataset, batch_size=batch_size or cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                      collate_fn=keep_batch, pin_memory=torch.cuda.is_available())
+
+
+@torch.no_grad()
+def predict_frames(model, frames, windows, cfg, pipe, d, precision):
+    """Logits (mean of the windows) and per-window features for every row of `frames`.
+
+    Windows depend only on (video, frame), so _left/_right txtids share them, and only every
+    cfg.predict_stride-th frame of a video (and its last) is computed; the rest take the nearest."""
+    bank, offset, n_columns, video, start, width = windows
+    keys = np.unique(np.stack([video, frames["frame"].to_numpy()], 1), axis=0)   # by video, then frame
+    row_key = np.searchsorted(keys[:, 0] * (1 << 32) + keys[:, 1], video * (1 << 32) + frames["frame"].to_numpy())
+    last = np.r_[keys[1:, 0] != keys[:-1, 0], True]
+    computed = ((keys[:, 1] - 1) % cfg.predict_stride == 0) | last
+    source = np.empty(len(keys), np.int64)
+    for v in np.unique(keys[:, 0]):
+        idx = np.flatnonzero(keys[:, 0] == v)
+        source[idx] = idx[nearest_index(computed[idx])]
+    todo = np.flatnonzero(computed)
+    first_row = np.full(len(keys), -1)
+    first_row[row_key[::-1]] = np.arange(len(frames))[::-1]   # any row of a key gives its windows
+    rows = first_row[todo]
+    n_len = start.shape[1]
+    flat = WindowDataset(bank, offset, n_columns, np.repeat(video[rows], n_len), start[rows].reshape(-1),
+                         width[rows].reshape(-1), np.zeros(len(rows) * n_len))
+    part = shard(len(flat), d)
+    loader = loader_for(torch.utils.data.Subset(flat, part), cfg, batch_size=cfg.batch_size * 2)
+    model.eval()
+    logits, feats = [], []
+    for spec, widths, _ in loader:
+        with autocast(d.device, precision):
+            f, l = features_and_logits(model, pipe(spec, widths))
+        logits.append(l.float().cpu().numpy())
+        feats.append(f.float().cpu().numpy().astype(np.float16))
+    logits = gather(np.concatenate(logits) if logits else np.zeros((0, len(EXPR_CLASSES)), np.float32), d)
+    feats = gather(np.concatenate(feats) if feats else np.zeros((0, model.num_features), np.float16), d)
+    logits = logits.reshape(len(todo), n_len, -1)
+    feats = feats.reshape(len(todo), n_len, -1)
+    slot = np.full(len(keys), -1)
+    slot[todo] = np.arange(len(todo))
+    chosen = slot[source[row_key]]
+    return logits[chosen].mean(1), feats[chosen]
+
+
+def main(argv=None):
+    cfg = parse_config(AudioConfig, argv, description=__doc__.split("\n")[0], presets=PRESETS)
+    if len(cfg.window_frames) != len(cfg.purity):
+        raise SystemExit("error: --window-frames and --purity need one value per window length")
+    d = setup_distributed(cfg.device)
+    run = run_dir(cfg.runs, "audio", cfg.name or cfg.model, cfg.seed)
+    if is_complete(run) and not (cfg.overwrite or cfg.predict_only):
+        log(f"{run} is complete (metrics.json); --overwrite trains again, --predict-only re-predicts")
+        return run
+    if cfg.overwrite and d.main:
+        for stale in ("last.pt", "best.pt", "log.jsonl", "metrics.json"):
+            (run / stale).unlink(missing_ok=True)
+    seed_everything(cfg.seed)
+    precision = pick_precision(d.device, cfg.precision)
+    frames = load_frames(cfg.data)
+    videos = load_videos(cfg.data, frames)
+    folder = ensure_spectrograms(cfg.data, cfg.n_fft, cfg.hop, cfg.n_mels, jobs=cfg.jobs if d.main else 1)
+    hop_seconds = read_json(folder / "spec.json")["hop_seconds"]
+    bank, offset, n_columns = load_bank(folder, videos["videoid"], videos["has_audio"])
+    video, start, width = frame_windows(frames, videos, cfg.window_frames, hop_seconds)
+    train_videos = np.unique(video[(frames.split == "train").to_numpy()])
+    mean, std = bank_stats(bank, offset, n_columns, train_videos)   # train audio only: no peeking at val/test
+    model = create_model(cfg.model, len(EXPR_CLASSES), cfg.pretrained and not cfg.predict_only,
+                         cfg.pretrained_path, cfg.img_size, in_chans=1, drop_path=cfg.drop_path)
+    pipe = AudioPipe(cfg.img_size, mean, std, d.device, cfg.freq_mask, cfg.time_mask)
+    if d.main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(run, asdict(cfg) | dict(precision=precision, world_size=d.world_size, spec_mean_db=mean,
+                                            spec_std_db=std, spectrograms=str(folder)))
+        log(f"{run}: {cfg.model} at {cfg.img_size}px on {cfg.n_mels}-mel windows of {cfg.window_frames} frames, "
+            f"{precision}, {d.world_size} x {d.device}")
+
+    def windows_of(mask):
+        return bank, offset, n_columns, video[mask], start[mask], width[mask]
+
+    val_mask = ((frames.split == "val") & (frames.label >= 0)).to_numpy()
+    val = frames[val_mask].reset_index(drop=True)
+
+    def evaluate(model):
+        logits, _ = predict_frames(model, val, windows_of(val_mask), cfg, pipe, d, precision)
+        return score(val["label"].to_numpy(), logits)
+
+    def step(net, batch):
+        spec, widths, labels = batch
+        return net(pipe(spec, widths, train=True)), labels.to(d.device), len(labels), 0
+
+    kept = {}
+    if not cfg.predict_only:
+        train_mask = ((frames.split == "train") & (frames.label >= 0)).to_numpy()
+        pure = pure_windows(frames[frames.split == "train"], cfg.window_frames, cfg.purity)
+        pure = pure[train_mask[(frames.split == "train").to_numpy()]]
+        rows, length = np.nonzero(pure)
+        labels = frames["label"].to_numpy()[train_mask][rows]
+        dataset = WindowDataset(bank, offset, n_columns, video[train_mask][rows],
+                                start[train_mask][rows, length], width[train_mask][rows, length], labels)
+        kept = {f"{n} frames": dict(kept=int(pure[:, j].sum()), of=len(pure)) for j, n in enumerate(cfg.window_frames)}
+        sampler = ClassBalancedSampler(labels, cfg.max_per_class, cfg.seed, d.rank, d.world_size)
+        if d.main:
+            log("windows kept for training (label purity): " + ", ".join(
+                f"{name} {k['kept']:,}/{k['of']:,} ({k['kept'] / max(k['of'], 1):.0%})" for name, k in kept.items()))
+            log(f"drawn per epoch (cap {sampler.max_per_class:,}): "
+                + ", ".join(f"{n} {c}" for n, c in zip(sampler.draw_counts, EXPR_CLASSES)))
+        trainer = Trainer(model, cfg, run, d, precision, step, evaluate)
+        trainer.fit(loader_for(dataset, cfg, sampler), sampler)
+    if not (run / "best.pt").exists():
+        raise SystemExit(f"error: {run / 'best.pt'} not found: nothing to predict with")
+    best = load_weights(model, run / "best.pt")
+    model.to(d.device)
+    has_audio = videos["has_audio"].to_numpy(bool)[video]
+    scored = None
+    for split in ("train", "val", "test"):
+        mask = (frames.split == split).to_numpy()
+        part = frames[mask]
+        logits, feats = predict_frames(model, part, windows_of(mask), cfg, pipe, d, precision)
+        if d.main:
+            save_preds(run / "preds" / f"{split}.npz", txtid=part["txtid"].to_numpy(), frame=part["frame"].to_numpy(),
+                       label=part["label"].to_numpy(), has_crop=part["has_crop"].to_numpy(), logits=logits,
+                       features=feats, has_audio=has_audio[mask])
+        if split == "val":
+            scored = score(part["label"].to_numpy(), logits)
+    if d.main:
+        metrics = dict(val_macro_f1=scored["macro_f1"], val_per_class_f1=dict(zip(EXPR_CLASSES, scored["per_class_f1"])),
+                       best_epoch=best.get("epoch"), windows_kept=kept, predict_stride=cfg.predict_stride)
+        table(f"{run.name}: val F1, every frame", ["", *EXPR_CLASSES, "macro"],
+              [["F1", *scored["per_class_f1"], scored["macro_f1"]]])
+        write_json(run / "metrics.json", metrics)
+        log(f"audio branch val macro-F1 {scored['macro_f1']:.4f} -> {run}")
+    return run
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except FloatingPointError as err:
+        raise SystemExit(f"error: {err}")
