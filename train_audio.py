@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from utils.audio import (AudioPipe, WindowDataset, bank_stats, ensure_spectrograms, frame_windows,
-                         keep_batch, load_bank, pure_windows)
+from utils.audio import (AudioPipe, WindowDataset, bank_stats, ensure_spectrograms, frame_windows, load_bank,
+                         pure_windows, spec_folder)
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import log, table
-from utils.data import ClassBalancedSampler, load_frames, load_videos, nearest_index
+from utils.data import ClassBalancedSampler, keep_batch, load_frames, load_videos, nearest_index
 from utils.engine import Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
 from utils.models import create_model, features_and_logits, load_weights
 from utils.preds import save_preds
@@ -94,8 +94,7 @@ def predict_frames(model, frames, windows, cfg, pipe, d, precision):
     last = np.r_[keys[1:, 0] != keys[:-1, 0], True]
     computed = ((keys[:, 1] - 1) % cfg.predict_stride == 0) | last
     source = np.empty(len(keys), np.int64)
-    for v in np.unique(keys[:, 0]):
-        idx = np.flatnonzero(keys[:, 0] == v)
+    for idx in np.split(np.arange(len(keys)), np.flatnonzero(last)[:-1] + 1):   # one video at a time
         source[idx] = idx[nearest_index(computed[idx])]
     todo = np.flatnonzero(computed)
     first_row = np.full(len(keys), -1)
@@ -139,7 +138,11 @@ def main(argv=None):
     precision = pick_precision(d.device, cfg.precision)
     frames = load_frames(cfg.data)
     videos = load_videos(cfg.data, frames)
-    folder = ensure_spectrograms(cfg.data, cfg.n_fft, cfg.hop, cfg.n_mels, jobs=cfg.jobs if d.main else 1)
+    if d.main:   # the other ranks wait rather than compute the same files
+        ensure_spectrograms(cfg.data, cfg.n_fft, cfg.hop, cfg.n_mels, jobs=cfg.jobs)
+    if d.world_size > 1:
+        torch.distributed.barrier()
+    folder = spec_folder(cfg.data, cfg.n_fft, cfg.hop, cfg.n_mels)
     hop_seconds = read_json(folder / "spec.json")["hop_seconds"]
     bank, offset, n_columns = load_bank(folder, videos["videoid"], videos["has_audio"])
     video, start, width = frame_windows(frames, videos, cfg.window_frames, hop_seconds)

@@ -30,6 +30,28 @@ def demo_data(demo_raw, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def image_run(demo_data, tmp_path_factory) -> Path:
+    import train_image
+    runs = tmp_path_factory.mktemp("runs")
+    return train_image.main(["--preset", "demo", "--data", str(demo_data), "--runs", str(runs)])
+
+
+@pytest.fixture(scope="session")
+def audio_run(demo_data, tmp_path_factory) -> Path:
+    import train_audio
+    runs = tmp_path_factory.mktemp("audio_runs")
+    return train_audio.main(["--preset", "demo", "--data", str(demo_data), "--runs", str(runs)])
+
+
+@pytest.fixture(scope="session")
+def fusion_run(image_run, audio_run, demo_data, tmp_path_factory) -> Path:
+    import train_fusion
+    runs = tmp_path_factory.mktemp("fusion_runs")
+    return train_fusion.main(["--preset", "demo", "--image", str(image_run), "--audio", str(audio_run),
+                              "--data", str(demo_data), "--runs", str(runs)])
+
+
 def write_labels(path: Path, labels, header: str = EXPR_HEADER) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + "\n" + "\n".join(str(v) for v in labels) + "\n")

@@ -129,11 +129,6 @@ def window_purity(labels: np.ndarray, length: int) -> np.ndarray:
     return np.where(known, same / length, 0.0)
 
 
-def keep_batch(batch):
-    """collate_fn for datasets with __getitems__: the batch is already assembled."""
-    return batch
-
-
 class WindowDataset(Dataset):
     """Spectrogram windows: sample k is (video[k], first column start[k], width[k]).
 

@@ -57,6 +57,11 @@ def image_augmentation(strength: float = 1.0, size: int = 112) -> A.Compose | No
     ])
 
 
+def keep_batch(batch):
+    """collate_fn for datasets whose __getitems__ assembles the whole batch itself."""
+    return batch
+
+
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: seed the worker's augmentation from (seed, epoch, worker)."""
     torch.utils.data.get_worker_info().dataset.reseed(worker_id)

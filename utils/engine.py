@@ -174,7 +174,11 @@ class Trainer:
         if self.d.main:
             log(f"resumed from {path} after epoch {state['epoch']} (best val macro-F1 {self.best:.4f})")
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy; a list of logits (several heads) sums the heads' losses weighted by
+        cfg.loss_weights, in the same order."""
+        if isinstance(logits, (list, tuple)):
+            return sum(w * self.loss(head, labels) for w, head in zip(self.cfg.loss_weights, logits))
         return F.cross_entropy(logits.float(), labels, weight=self.loss_weights,
                                label_smoothing=self.cfg.label_smoothing)
 
