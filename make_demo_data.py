@@ -1,6 +1,7 @@
 """Write a synthetic dataset in the exact Aff-Wild2 EXPR layout (DESIGN.md section 3).
 
 Usage: python make_demo_data.py --out demo/affwild2_raw [--seed 0] [--videos N] [--scale small|medium]
+       python make_demo_data.py --dataset dfew --out demo/dfew_raw [--clips 80]   (utils/synthetic_dfew.py)
 
 What it writes, and the quirks of the real data it reproduces:
   annotations/<challenge>/{Train_Set,Validation_Set}/<txtid>.txt   labels in 0.5-5 s segments,
@@ -23,6 +24,7 @@ import numpy as np
 from joblib import Parallel, delayed
 from PIL import Image
 
+from utils.synthetic_dfew import make_dfew
 from utils.classes import EXPR_HEADER, EXPR_TEMPLATE_HEADER, NUM_EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import log, table
@@ -47,6 +49,8 @@ class DemoDataConfig:
     challenge_folder: str = field(default="EXPR_Classification_Challenge",
                                   metadata={"help": "ABAW5 name; ABAW6+ uses EXPR_Recognition_Challenge"})
     jobs: int = field(default=2, metadata={"help": "parallel worker processes"})
+    dataset: str = field(default="affwild2", metadata={"choices": ["affwild2", "dfew"]})
+    clips: int = field(default=80, metadata={"help": "DFEW: number of clips"})
 
 
 def plan(cfg: DemoDataConfig, rng) -> list[dict]:
@@ -171,6 +175,13 @@ def manifest_counts(per_txtid: dict) -> dict:
 def main(argv=None):
     cfg = parse_config(DemoDataConfig, argv, description=__doc__.split("\n")[0])
     root = Path(cfg.out)
+    if cfg.dataset == "dfew":   # the synthetic DFEW tree and its quirks: utils/synthetic_dfew.py
+        if (root / "dfew_manifest.json").exists():
+            log(f"{root}: already generated (delete it to regenerate)")
+            return
+        make_dfew(root, cfg.seed, cfg.clips, frames_16f=True, jobs=cfg.jobs)
+        log(f"wrote a synthetic DFEW tree of {cfg.clips} clips to {root}")
+        return
     if (root / "demo_manifest.json").exists():
         log(f"{root}: already generated (delete it to regenerate)")
         return

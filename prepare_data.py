@@ -1,6 +1,7 @@
 """Index a dataset tree into the tables every stage reads, and decode each video's audio once.
 
 Usage: python prepare_data.py --dataset affwild2 --root /data/affwild2 --out data/affwild2 [--jobs 8]
+       python prepare_data.py --dataset dfew --root /data/DFEW --out data/dfew   (see utils/dfew.py)
 
 Writes (DESIGN.md section 4):
   frames.parquet   one row per frame to train on or predict: split, txtid, videoid, frame
@@ -26,6 +27,7 @@ from joblib import Parallel, delayed
 from utils import affwild2
 from utils.affwild2 import DataError
 from utils.audio import ensure_spectrograms
+from utils.dfew import prepare_dfew
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import WarningCounter, log, table, track
@@ -37,7 +39,8 @@ from utils.runs import read_json, save_npy, save_parquet, write_json
 class PrepareConfig:
     root: str = field(default="", metadata={"help": "the dataset as distributed (walked recursively)"})
     out: str = field(default="data/affwild2", metadata={"help": "folder for the tables and audio"})
-    dataset: str = field(default="affwild2", metadata={"choices": ["affwild2"]})
+    dataset: str = field(default="affwild2", metadata={"choices": ["affwild2", "dfew"]})
+    dfew_frames: str = field(default="auto", metadata={"help": "DFEW frame folder: auto, clip_224x224 or clip_224x224_16f"})
     sample_rate: int = field(default=16000, metadata={"help": "rate of the decoded audio, Hz"})
     n_fft: int = field(default=2048, metadata={"help": "log-mel spectrogram window, samples"})
     hop: int = field(default=1024, metadata={"help": "log-mel spectrogram hop, samples"})
@@ -156,6 +159,12 @@ def main(argv=None):
     if not cfg.root:
         raise SystemExit("error: --root is required (the folder the dataset was unpacked to)")
     out = Path(cfg.out)
+    if cfg.dataset == "dfew":   # DESIGN.md section 6: clips, folds, frames and clip audio
+        try:
+            prepare_dfew(cfg.root, out, cfg.jobs, cfg.sample_rate, cfg.force, cfg.dfew_frames)
+        except DataError as err:
+            raise SystemExit(f"error: {err}")
+        return
     warnings = WarningCounter()
     try:
         layout = affwild2.scan(Path(cfg.root).resolve())
