@@ -19,7 +19,7 @@ def test_demo_preset_learns_well_above_chance(image_run):
     metrics = json.loads((image_run / "metrics.json").read_text())
     # Chance is about 0.1; Neutral/Other and Anger/Disgust look alike, so the image branch
     # tops out near 0.7. With this preset seeds 0, 1, 2 reached 0.59, 0.82, 0.57 (this test: seed 0).
-    assert metrics["val_macro_f1"] > 0.25
+    assert metrics["val_macro_f1"] > 0.4
     log = [json.loads(line) for line in (image_run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == list(range(10))
     assert all(sum(r["drawn_per_class"]) == sum(log[0]["drawn_per_class"]) for r in log)
