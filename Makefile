@@ -1,4 +1,5 @@
-# Two commands: `make demo` runs the whole pipeline on synthetic data, `make test` the tests.
+# Two commands: `make demo` runs the whole pipeline on synthetic data (`make demo DATASET=dfew`:
+# the DFEW system), `make test` the tests.
 # Both create .venv/ from requirements.txt on first use and reuse it afterwards.
 PYTHON ?= python3
 VENV := .venv
@@ -8,17 +9,27 @@ SCALE ?= small
 JOBS ?= 2
 SEED ?= 0
 
-.PHONY: demo test bench clean-demo
+DATASET ?= affwild2
+DFEW_CLIPS ?= 240
+IMAGE_RUN := $(DEMO)/runs/image/demo_seed$(SEED)
+FEATURES := $(DEMO)/runs/features
+
+.PHONY: demo demo-affwild2 demo-dfew demo-image test bench clean-demo
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-demo: $(VENV)/.installed
+demo: demo-$(DATASET)
+
+# Every step skips what is already done, so a second `make demo` only prints the results again.
+demo-image: $(VENV)/.installed
 	$(PY) make_demo_data.py --out $(DEMO)/affwild2_raw --scale $(SCALE) --jobs $(JOBS)
 	$(PY) prepare_data.py --dataset affwild2 --root $(DEMO)/affwild2_raw --out $(DEMO)/data/affwild2 --jobs $(JOBS)
 	$(PY) train_image.py --preset demo --data $(DEMO)/data/affwild2 --runs $(DEMO)/runs --name demo --seed $(SEED)
+
+demo-affwild2: demo-image
 	$(PY) train_audio.py --preset demo --data $(DEMO)/data/affwild2 --runs $(DEMO)/runs --name demo --seed $(SEED)
 	$(PY) train_fusion.py --preset demo --image $(DEMO)/runs/image/demo_seed$(SEED) --audio $(DEMO)/runs/audio/demo_seed$(SEED) \
 		--data $(DEMO)/data/affwild2 --runs $(DEMO)/runs --name demo --seed $(SEED)
@@ -26,6 +37,18 @@ demo: $(VENV)/.installed
 		--name demo --out-dir $(DEMO)/ensembles
 	$(PY) make_submission.py --ensemble $(DEMO)/ensembles/demo --split val --out $(DEMO)/submissions/demo.zip
 	$(PY) make_submission.py --ensemble $(DEMO)/ensembles/demo --out $(DEMO)/submissions/demo.zip
+
+# DFEW, 5 folds: the frozen generators are the Aff-Wild2 demo's image model (the kit's own
+# fine-tuned model; ImageNet backbones need the hub), OpenPose keypoints and the log-mel of the
+# sound; then the modality ablation of the temporal model, with the per-fold tables.
+demo-dfew: demo-image
+	$(PY) make_demo_data.py --dataset dfew --out $(DEMO)/dfew_raw --clips $(DFEW_CLIPS) --seed $(SEED) --jobs $(JOBS)
+	$(PY) prepare_data.py --dataset dfew --root $(DEMO)/dfew_raw --out $(DEMO)/data/dfew --jobs $(JOBS)
+	$(PY) extract_features.py --data $(DEMO)/data/dfew --runs $(DEMO)/runs --modality image --checkpoint $(IMAGE_RUN)/best.pt
+	$(PY) extract_features.py --data $(DEMO)/data/dfew --runs $(DEMO)/runs --modality keypoints --openpose $(DEMO)/dfew_raw/openpose
+	$(PY) extract_features.py --data $(DEMO)/data/dfew --runs $(DEMO)/runs --modality audio
+	$(PY) train_fusion.py --dataset dfew --preset demo --data $(DEMO)/data/dfew --runs $(DEMO)/runs --name demo --seed $(SEED) \
+		--features $(FEATURES)/image-demo_seed$(SEED) $(FEATURES)/openpose $(FEATURES)/logmel --folds all --ablation
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
@@ -36,6 +59,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_audio.py
 	$(PY) benchmarks/bench_fusion.py
 	$(PY) benchmarks/bench_ensemble.py
+	$(PY) benchmarks/bench_dfew.py
 
 clean-demo:
 	rm -rf $(DEMO)

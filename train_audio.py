@@ -23,7 +23,7 @@ from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import log, table
 from utils.data import ClassBalancedSampler, keep_batch, load_frames, load_videos, nearest_index
-from utils.engine import Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
+from utils.engine import Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
 from utils.models import create_model, features_and_logits, load_weights
 from utils.preds import save_preds
 from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
@@ -106,14 +106,13 @@ def predict_frames(model, frames, windows, cfg, pipe, d, precision):
     part = shard(len(flat), d)
     loader = loader_for(torch.utils.data.Subset(flat, part), cfg, batch_size=cfg.batch_size * 2)
     model.eval()
-    logits, feats = [], []
+    out = Rows(len(part), features=np.float16)
     for spec, widths, _ in loader:
         with autocast(d.device, precision):
             f, l = features_and_logits(model, pipe(spec, widths))
-        logits.append(l.float().cpu().numpy())
-        feats.append(f.float().cpu().numpy().astype(np.float16))
-    logits = gather(np.concatenate(logits) if logits else np.zeros((0, len(EXPR_CLASSES)), np.float32), d)
-    feats = gather(np.concatenate(feats) if feats else np.zeros((0, model.num_features), np.float16), d)
+        out.add(logits=l, features=f)
+    logits = gather(out.get("logits", len(EXPR_CLASSES)), d)
+    feats = gather(out.get("features", model.num_features), d)
     logits = logits.reshape(len(todo), n_len, -1)
     feats = feats.reshape(len(todo), n_len, -1)
     slot = np.full(len(keys), -1)

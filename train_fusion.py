@@ -2,15 +2,19 @@
 
 Usage: python train_fusion.py --image runs/image/swin_tiny_patch4_window7_224_seed0 \
                               --audio runs/audio/swin_tiny_patch4_window7_224_seed0 --seed 0
+       python train_fusion.py --dataset dfew --data data/dfew --features runs/features/resnet18 ... --folds all
 
 Reads only the two runs' preds/<split>.npz (rows matched by (txtid, frame), in any order), so a
 rerun with another seed takes minutes. Writes runs/fusion/<name>_seed<k>/ like the branch
 scripts; preds/<split>.npz holds logits_image, logits_audio, logits_fusion (the three heads),
 logits (their ensemble) and the pooled fusion feature. Prints the paper's Table 2: val macro-F1
 of each head and the ensemble next to the branch runs it was trained from.
+With --dataset dfew it trains the DFEW clip model instead (utils/temporal.py, its own options:
+`train_fusion.py --dataset dfew -h`).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,12 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from utils import temporal
 from utils.affwild2 import DataError
 from utils.classes import EXPR_CLASSES
-from utils.config import parse_config
+from utils.config import parse_config, peek
 from utils.console import log, table
 from utils.data import ClassBalancedSampler, keep_batch, load_frames
-from utils.engine import Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
+from utils.engine import Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
 from utils.fusion import ModalFusionModule, TokenDataset, context_offsets, context_rows, ensemble_logits, sort_rows
 from utils.models import load_weights
 from utils.preds import check_same_frames, load_preds, save_preds
@@ -36,6 +41,8 @@ PAPER_TABLE_2 = {"image": 25.61, "audio": 14.12, "fusion": 25.09, "ensemble": 27
 
 @dataclass
 class FusionConfig:
+    dataset: str = field(default="affwild2", metadata={"choices": ["affwild2", "dfew"],
+                                                       "help": "dfew: the DFEW clip model, with its own options"})
     image: str = field(default="", metadata={"help": "image-branch run folder (runs/image/...)"})
     audio: str = field(default="", metadata={"help": "audio-branch run folder (runs/audio/...)"})
     data: str = field(default="", metadata={"help": "optional: prepared data, to check the runs cover every frame"})
@@ -96,16 +103,14 @@ def predict(model, dataset, cfg, d, precision) -> dict:
     """The three heads, their ensemble and the pooled feature for every row of `dataset`."""
     part = torch.utils.data.Subset(dataset, shard(len(dataset), d))
     model.eval()
-    out = {k: [] for k in (*HEADS, "ensemble", "features")}
+    out = Rows(len(part))
     for image, mask, audio, _ in DataLoader(part, batch_size=cfg.batch_size * 4, collate_fn=keep_batch):
         with autocast(d.device, precision):
             y = model(image.to(d.device), mask.to(d.device), audio.to(d.device))
         y["ensemble"] = ensemble_logits(y)
-        for k in out:
-            out[k].append(y[k].float().cpu().numpy())
-    return {k: gather(np.concatenate(v) if v else np.zeros((0, model.num_features if k == "features" else
-                                                            len(EXPR_CLASSES)), np.float32), d)
-            for k, v in out.items()}
+        out.add(**y)
+    return {k: gather(out.get(k, model.num_features if k == "features" else len(EXPR_CLASSES)), d)
+            for k in (*HEADS, "ensemble", "features")}
 
 
 def table_2(val: dict, outputs: dict) -> dict:
@@ -123,6 +128,9 @@ def table_2(val: dict, outputs: dict) -> dict:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if peek(argv, "dataset", "affwild2") == "dfew":
+        return temporal.main(argv)
     cfg = parse_config(FusionConfig, argv, description=__doc__.split("\n")[0], presets=PRESETS)
     if not cfg.image or not cfg.audio:
         raise SystemExit("error: --image RUN and --audio RUN are required (folders of train_image/train_audio runs)")

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from utils.config import parse_config
 from utils.console import log, table, warn
 from utils.data import ClassBalancedSampler, CropDataset, image_augmentation, load_frames, nearest_index, seed_worker
-from utils.engine import InputPipe, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
+from utils.engine import InputPipe, Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
 from utils.models import create_model, features_and_logits, load_weights, normalisation
 from utils.preds import save_preds
 from utils.runs import is_complete, run_dir, save_config, seed_everything, write_json
@@ -78,7 +78,7 @@ def infer(model, frames, cfg, pipe, d, precision, tta: bool):
     part = frames.iloc[shard(len(frames), d)]
     loader = loader_for(CropDataset(part), cfg, batch_size=cfg.batch_size * 2)
     model.eval()
-    logits, feats = [], []
+    out = Rows(len(part), features=np.float16)
     for images, _, _ in loader:
         x = pipe(images)
         with autocast(d.device, precision):
@@ -86,12 +86,8 @@ def infer(model, frames, cfg, pipe, d, precision, tta: bool):
             if tta:
                 f2, l2 = features_and_logits(model, torch.flip(x, dims=[3]))
                 f, l = (f + f2) / 2, (l + l2) / 2
-        logits.append(l.float().cpu().numpy())
-        feats.append(f.float().cpu().numpy().astype(np.float16))
-    width = model.num_features
-    logits = np.concatenate(logits) if logits else np.zeros((0, len(EXPR_CLASSES)), np.float32)
-    feats = np.concatenate(feats) if feats else np.zeros((0, width), np.float16)
-    return gather(logits, d), gather(feats, d)
+        out.add(logits=l, features=f)
+    return gather(out.get("logits", len(EXPR_CLASSES)), d), gather(out.get("features", model.num_features), d)
 
 
 def predict_split(model, frames, cfg, pipe, d, precision) -> dict:

@@ -129,5 +129,20 @@ def parse_config(cls, argv=None, description: str | None = None, presets: dict |
     return cls(**values)
 
 
+def peek(argv, key: str, default: str) -> str:
+    """The value of one key before the full parse, from the command line or else --config FILE:
+    for a script whose key (train_fusion.py's --dataset) picks which config class parses the rest."""
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    probe.add_argument("--" + key.replace("_", "-"), dest="value", default=None)
+    probe.add_argument("--config", default=None)
+    args, _ = probe.parse_known_args(argv)
+    if args.value is None and args.config:
+        try:
+            args.value = _load_file(args.config).get(key)
+        except ConfigError:
+            pass   # the full parse reports it, with the usage line
+    return str(args.value) if args.value is not None else default
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)

@@ -1,0 +1,296 @@
+"""DFEW feature generators: per-frame features of every clip from a frozen generator (DESIGN.md section 6).
+
+Usage: python extract_features.py --data data/dfew --modality image --model resnet18 [--pretrained-path F]
+       python extract_features.py --data data/dfew --modality keypoints --openpose openpose_out/
+       python extract_features.py --data data/dfew --modality audio
+       python extract_features.py --data data/dfew --modality extra --extra-dir omnivec/ --name omnivec
+
+Modalities (one run each, read by utils/temporal.py):
+  image      a frozen timm backbone (ImageNet weights from the hub or --pretrained-path; the kit's
+             own fine-tuned image model with --checkpoint runs/image/<run>/best.pt, whose model
+             and input size come from the run's config.json): its pooled pre-logit feature of
+             every frame file. A frame that fails to decode is masked.
+  keypoints  OpenPose JSON from --openpose DIR/<clip>/*_keypoints.json (utils/openpose.py): the 25
+             body and 70 face points as (x, y, c) in face-box coordinates, flattened to 285 values.
+  audio      the mean log-mel (dB) of each frame's time span in data/audio/<clip>.npy; or, with
+             --audio-run runs/audio/<run>, the kit's audio branch: that run's model on its three
+             windows centred on each frame (the spectrogram settings of the run), the window
+             features side by side (3 x D). prepare_dfew stores no frame rate, so a clip's frames
+             are spread evenly over its sound: frame k of n covers [k, k + 1) * duration / n,
+             which equals k / fps when the frames are the whole clip, as in DFEW's clip_224x224.
+             The audio branch costs three backbone passes a frame: use --frames eval.
+  extra      any external generator (e.g. OmniVec): --extra-dir DIR/<clip>.npy of shape
+             (n_frames, D), one row per frame file in numeric order.
+A clip without the modality (no sound, no OpenPose folder, no extra file) gets zeros with
+mask False and is counted; the temporal model ignores masked frames.
+
+Writes runs/features/<name>/: config.json, features.npz and metrics.json (written last: counts,
+seconds, clips/s). features.npz is the prediction-file schema (utils/preds.py) without
+`logits`, since a frozen generator has no DFEW classifier, plus a mask, so it is deliberately
+not a preds file. Rows are every frame file (or, with --frames eval, the 16 evaluation frames)
+ordered by (txtid, frame); np.load(path, allow_pickle=False):
+  txtid str (N,) clip id   frame int32 (N,) 1-based position in numeric file order
+  number int32 (N,) the number in the file name   label int8 (N,) clip label, -1 if none
+  mask bool (N,) the frame has this modality      features float16 (N, D)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from utils.affwild2 import DataError
+from utils.audio import FLOOR_DB, AudioPipe, WindowDataset, log_mel, window_columns
+from utils.classes import NUM_EXPR_CLASSES
+from utils.config import parse_config
+from utils.console import WarningCounter, log, table, track
+from utils.data import keep_batch
+from utils.engine import InputPipe, Rows, autocast, pick_precision, setup_distributed
+from utils.models import create_model, features_and_logits, load_weights, normalisation
+from utils.openpose import N_POINTS, read_keypoints
+from utils.preds import order_by_key
+from utils.runs import is_complete, read_json, save_config, save_npz, write_json
+
+cv2.setNumThreads(1)
+
+
+@dataclass
+class FeatureConfig:
+    data: str = field(default="data/dfew", metadata={"help": "output folder of prepare_data.py --dataset dfew"})
+    modality: str = field(default="image", metadata={"choices": ["image", "keypoints", "audio", "extra"]})
+    name: str = field(default="", metadata={"help": "run name (default: model name, openpose, logmel or the extra folder's name)"})
+    runs: str = field(default="runs", metadata={"help": "root of the run folders"})
+    frames: str = field(default="all", metadata={"choices": ["all", "eval"],
+                                                 "help": "every frame file (train-time jitter needs them) or the 16 eval frames"})
+    model: str = field(default="resnet18", metadata={"help": "image: any timm model name"})
+    pretrained: bool = field(default=True, metadata={"help": "image: ImageNet weights from the timm hub"})
+    pretrained_path: str | None = field(default=None, metadata={"help": "image: weights file, for offline use"})
+    checkpoint: str | None = field(default=None, metadata={"help": "image: a train_image.py best.pt (8-class head) instead"})
+    img_size: int = field(default=224, metadata={"help": "image: model input size"})
+    batch_size: int = 64
+    workers: int = field(default=2, metadata={"help": "image: decoding processes"})
+    precision: str = field(default="auto", metadata={"choices": ["auto", "fp32", "fp16", "bf16"]})
+    device: str = "auto"
+    openpose: str = field(default="", metadata={"help": "keypoints: folder of <clip>/*_keypoints.json"})
+    n_fft: int = field(default=512, metadata={"help": "audio: STFT size"})
+    hop: int = field(default=160, metadata={"help": "audio: hop in samples (10 ms at 16 kHz)"})
+    n_mels: int = field(default=64, metadata={"help": "audio: mel bins = feature width"})
+    audio_run: str = field(default="", metadata={"help": "audio: a train_audio.py run folder, to use its model instead"})
+    extra_dir: str = field(default="", metadata={"help": "extra: folder of <clip>.npy, (n_frames, D) each"})
+    overwrite: bool = field(default=False, metadata={"help": "extract again even if the run is complete"})
+
+
+class FrameImages(Dataset):
+    """Frame files as uint8 (S, S, 3); an unreadable file is a black image flagged bad."""
+
+    def __init__(self, paths, size: int):
+        self.paths, self.size = list(paths), size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        image = cv2.imread(self.paths[i], cv2.IMREAD_COLOR)
+        if image is None:
+            return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), False
+        if image.shape[:2] != (self.size, self.size):
+            image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return torch.from_numpy(np.ascontiguousarray(image[..., ::-1])), True
+
+
+@torch.no_grad()
+def image_features(cfg, frames: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
+    d = setup_distributed(cfg.device)
+    if cfg.checkpoint:   # the kit's own fine-tuned model: its 8-class head is dropped below
+        saved = Path(cfg.checkpoint).parent / "config.json"
+        if saved.is_file():   # the run knows its backbone and input size better than the flags
+            run_cfg = read_json(saved)["config"]
+            cfg = replace(cfg, model=run_cfg["model"], img_size=run_cfg["img_size"])
+        model = create_model(cfg.model, NUM_EXPR_CLASSES, img_size=cfg.img_size)
+        load_weights(model, cfg.checkpoint)
+    else:
+        model = create_model(cfg.model, 0, cfg.pretrained, cfg.pretrained_path, img_size=cfg.img_size)
+    model.eval().to(d.device)
+    pipe, precision = InputPipe(*normalisation(model), cfg.img_size, d.device), pick_precision(d.device, cfg.precision)
+    loader = DataLoader(FrameImages(frames["path"], cfg.img_size), batch_size=cfg.batch_size,
+                        num_workers=cfg.workers, pin_memory=d.device.type == "cuda")
+    out = Rows(len(frames), features=np.float16, ok=bool)
+    for images, good in track(loader, description="image features", unit="frames", scale=cfg.batch_size):
+        with autocast(d.device, precision):
+            f, _ = features_and_logits(model, pipe(images))
+        out.add(features=f, ok=good)
+    ok = out.get("ok")
+    for path in frames["path"].to_numpy()[~ok]:
+        warnings("unreadable frame", f"{path}: not a readable image; frame masked")
+    return out.get("features", model.num_features), ok
+
+
+def keypoint_features(cfg, frames: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
+    if not Path(cfg.openpose).is_dir():
+        raise DataError(f"{cfg.openpose or '--openpose'}: OpenPose output folder not found")
+    feats = np.zeros((len(frames), N_POINTS * 3), np.float16)
+    mask = np.zeros(len(frames), bool)
+    for clip, rows in track(frames.groupby("clip", sort=False).indices.items(), description="keypoints"):
+        folder = Path(cfg.openpose) / clip
+        if not folder.is_dir():   # OpenPose not run on this clip: one warning, not one per frame
+            warnings("no openpose folder", f"{folder}: no OpenPose output; clip {clip} masked")
+            continue
+        points, mask[rows] = read_keypoints(folder, frames["number"].to_numpy()[rows], warnings)
+        feats[rows] = points.reshape(len(rows), -1)
+    return feats, mask
+
+
+def audio_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
+    rate = int(read_json(Path(cfg.data) / "meta.json")["sample_rate"])
+    feats = np.zeros((len(frames), cfg.n_mels), np.float16)
+    mask = np.zeros(len(frames), bool)
+    info = clips.set_index("clip")
+    for clip, rows in track(frames.groupby("clip", sort=False).indices.items(), description="audio features"):
+        row = info.loc[clip]
+        if not row["has_audio"]:
+            warnings("no audio", f"clip {clip} has no sound; masked")
+            continue
+        spec = log_mel(np.load(row["audio_path"]), rate, cfg.n_fft, cfg.hop, cfg.n_mels).astype(np.float32)
+        # Column j is centred at j * hop / rate seconds; frame k takes the columns in its span.
+        seconds_per_frame = row["audio_samples"] / rate / row["n_frames"]
+        position = frames["frame"].to_numpy()[rows]
+        lo = np.ceil(position * seconds_per_frame * rate / cfg.hop).astype(int)
+        hi = np.maximum(lo + 1, np.ceil((position + 1) * seconds_per_frame * rate / cfg.hop).astype(int))
+        lo, hi = np.minimum(lo, spec.shape[1] - 1), np.minimum(hi, spec.shape[1])
+        cumulative = np.concatenate([np.zeros((cfg.n_mels, 1)), np.cumsum(spec, 1)], 1)
+        feats[rows] = ((cumulative[:, hi] - cumulative[:, lo]) / np.maximum(hi - lo, 1)).T
+        mask[rows] = True
+    return feats, mask
+
+
+@torch.no_grad()
+def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
+    run = Path(cfg.audio_run)
+    if not (run / "best.pt").is_file() or not (run / "config.json").is_file():
+        raise DataError(f"{run}: not an audio-branch run (needs best.pt and config.json from train_audio.py)")
+    saved = read_json(run / "config.json")["config"]
+    rate = int(read_json(Path(cfg.data) / "meta.json")["sample_rate"])
+    d = setup_distributed(cfg.device)
+    info = clips.set_index("clip").loc[frames["clip"].unique()]
+    parts = []   # one spectrogram per clip, in memory: DFEW's clips are seconds long
+    for clip, row in track(list(info.iterrows()), description="spectrograms"):
+        if row["has_audio"]:
+            parts.append(log_mel(np.load(row["audio_path"]), rate, saved["n_fft"], saved["hop"], saved["n_mels"]).T)
+        else:
+            warnings("no audio", f"clip {clip} has no sound; masked")
+            parts.append(np.zeros((0, saved["n_mels"]), np.float16))
+    n_columns = np.array([len(p) for p in parts], np.int64)
+    offset = np.concatenate([[0], np.cumsum(n_columns)[:-1]]).astype(np.int64)
+    bank = np.concatenate(parts + [np.full((1, saved["n_mels"]), FLOOR_DB, np.float16)])
+    clip_of = pd.Series(np.arange(len(info)), index=info.index).reindex(frames["clip"]).to_numpy()
+    seconds = info["audio_samples"].to_numpy(np.float64) / rate
+    fps = np.where(seconds > 0, info["n_frames"].to_numpy() / np.maximum(seconds, 1e-9), 25.0)[clip_of]
+    lengths = saved["window_frames"]
+    starts, widths = zip(*(window_columns(frames["frame"].to_numpy() + 1, fps, n, saved["hop"] / rate) for n in lengths))
+    windows = WindowDataset(bank, offset, n_columns, np.repeat(clip_of, len(lengths)), np.stack(starts, 1).reshape(-1),
+                            np.stack(widths, 1).reshape(-1), np.zeros(len(frames) * len(lengths)))
+    model = create_model(saved["model"], NUM_EXPR_CLASSES, img_size=saved["img_size"], in_chans=1)
+    load_weights(model, run / "best.pt")
+    model.eval().to(d.device)
+    pipe = AudioPipe(saved["img_size"], saved["spec_mean_db"], saved["spec_std_db"], d.device)
+    precision = pick_precision(d.device, cfg.precision)
+    out = Rows(len(windows), features=np.float16)
+    loader = DataLoader(windows, batch_size=cfg.batch_size, collate_fn=keep_batch)
+    for spec, width, _ in track(loader, description="audio-branch windows", unit="windows", scale=cfg.batch_size):
+        with autocast(d.device, precision):
+            f, _ = features_and_logits(model, pipe(spec, width))
+        out.add(features=f)
+    feats = out.get("features", model.num_features).reshape(len(frames), -1)   # a frame's windows side by side
+    return feats, info["has_audio"].to_numpy(bool)[clip_of]
+
+
+def extra_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
+    folder = Path(cfg.extra_dir)
+    if not folder.is_dir():
+        raise DataError(f"{cfg.extra_dir or '--extra-dir'}: folder of <clip>.npy arrays not found")
+    n_frames = dict(zip(clips["clip"], clips["n_frames"]))
+    parts, width = {}, None
+    for clip, rows in frames.groupby("clip", sort=False).indices.items():
+        path = folder / f"{clip}.npy"
+        if not path.is_file():
+            warnings("no extra file", f"{path}: not found; clip {clip} masked")
+            continue
+        array = np.load(path, allow_pickle=False)
+        if array.ndim != 2 or len(array) != n_frames[clip]:
+            raise DataError(f"{path}: shape {array.shape}, expected ({n_frames[clip]}, D): one row per "
+                            f"frame file of clip {clip}, in numeric order")
+        if width is not None and array.shape[1] != width:
+            raise DataError(f"{path}: {array.shape[1]} columns, the other clips have {width}")
+        if not np.isfinite(array).all():
+            raise DataError(f"{path}: holds NaN or infinite values")
+        width, parts[clip] = array.shape[1], (rows, array[frames["frame"].to_numpy()[rows]])
+    if width is None:
+        raise DataError(f"{folder}: no <clip>.npy for any of the {len(n_frames)} clips")
+    feats, mask = np.zeros((len(frames), width), np.float16), np.zeros(len(frames), bool)
+    for rows, values in parts.values():
+        feats[rows], mask[rows] = values, True
+    return feats, mask
+
+
+def default_name(cfg) -> str:
+    audio = f"audio-{Path(cfg.audio_run.rstrip('/')).name}" if cfg.audio_run else "logmel"
+    image = f"image-{Path(cfg.checkpoint).parent.name}" if cfg.checkpoint else cfg.model
+    return cfg.name or {"image": image, "keypoints": "openpose", "audio": audio,
+                        "extra": Path(cfg.extra_dir.rstrip("/")).name or "extra"}[cfg.modality]
+
+
+def main(argv=None) -> Path:
+    cfg = parse_config(FeatureConfig, argv, description=__doc__.split("\n")[0])
+    run = Path(cfg.runs) / "features" / default_name(cfg)
+    if is_complete(run) and not cfg.overwrite:
+        log(f"{run} is complete (metrics.json); --overwrite extracts again")
+        return run
+    (run / "metrics.json").unlink(missing_ok=True)
+    try:
+        frames = pd.read_parquet(Path(cfg.data) / "frames.parquet")
+        clips = pd.read_parquet(Path(cfg.data) / "clips.parquet")
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err.filename}: not found; run prepare_data.py --dataset dfew first")
+    frames = frames.iloc[order_by_key(frames["clip"].to_numpy(), frames["frame"].to_numpy())]
+    if cfg.frames == "eval":
+        frames = frames[frames["eval_sample"]]
+    frames = frames.reset_index(drop=True)
+    save_config(run, asdict(cfg) | dict(name=default_name(cfg)))
+    warnings, start = WarningCounter(), time.perf_counter()
+    try:
+        if cfg.modality == "image":
+            feats, mask = image_features(cfg, frames, warnings)
+        elif cfg.modality == "keypoints":
+            feats, mask = keypoint_features(cfg, frames, warnings)
+        elif cfg.modality == "audio" and cfg.audio_run:
+            feats, mask = audio_branch_features(cfg, frames, clips, warnings)
+        elif cfg.modality == "audio":
+            feats, mask = audio_features(cfg, frames, clips, warnings)
+        else:
+            feats, mask = extra_features(cfg, frames, clips, warnings)
+    except DataError as err:
+        raise SystemExit(f"error: {err}")
+    seconds = time.perf_counter() - start
+    labels = frames["clip"].map(dict(zip(clips["clip"], clips["label"]))).fillna(-1)
+    save_npz(run / "features.npz", txtid=frames["clip"].to_numpy().astype(str),
+             frame=(frames["frame"].to_numpy() + 1).astype(np.int32), number=frames["number"].to_numpy().astype(np.int32),
+             label=labels.to_numpy().astype(np.int8), mask=mask, features=feats.astype(np.float16))
+    n_clips = frames["clip"].nunique()
+    masked_clips = int((~pd.Series(mask).groupby(frames["clip"].to_numpy()).any()).sum())
+    metrics = dict(modality=cfg.modality, name=default_name(cfg), frames=len(frames), clips=n_clips,
+                   feature_dim=int(feats.shape[1]), masked_frames=int((~mask).sum()), masked_clips=masked_clips,
+                   seconds=seconds, clips_per_s=n_clips / max(seconds, 1e-9), warnings=warnings.summary())
+    table(f"features -> {run}", ["modality", "clips", "frames", "dim", "masked frames", "clips without it", "clips/s"],
+          [[cfg.modality, n_clips, len(frames), metrics["feature_dim"], metrics["masked_frames"], masked_clips, metrics["clips_per_s"]]])
+    write_json(run / "metrics.json", metrics)
+    return run
+
+
+if __name__ == "__main__":
+    main()
