@@ -291,13 +291,15 @@ def train_fold(cfg, clips, folds, streams, fold: int, run: Path, d) -> dict:
     return scores
 
 
-def load_streams(cfg, clips) -> list[Stream]:
+def load_streams(cfg, clips, loaded: list[Stream] | None = None) -> list[Stream]:
+    """The feature runs of cfg.features that cfg.modalities selects; `loaded` (all of them, read
+    once by the ablation) saves reading each run again for every setting."""
     if not cfg.features:
         raise SystemExit("error: --features RUN [RUN ...] is required (folders written by extract_features.py)")
     for run in cfg.features:
         if not is_complete(run):
             raise SystemExit(f"error: {run}: not a complete feature run (no metrics.json); run extract_features.py")
-    streams = [Stream(run, clips) for run in cfg.features]
+    streams = loaded if loaded is not None else [Stream(run, clips) for run in cfg.features]
     if cfg.modalities:
         streams = [s for s in streams if s.name in cfg.modalities or s.kind in cfg.modalities]
         if not streams:
@@ -306,9 +308,9 @@ def load_streams(cfg, clips) -> list[Stream]:
     return sorted(streams, key=lambda s: s.kind != "image")
 
 
-def train(cfg, clips, folds) -> dict:
+def train(cfg, clips, folds, loaded: list[Stream] | None = None) -> dict:
     d = setup_distributed(cfg.device)
-    streams = load_streams(cfg, clips)
+    streams = load_streams(cfg, clips, loaded)
     wanted = sorted(int(f) for f in folds["fold"].unique()) if cfg.folds == "all" else \
         [int(f) for f in cfg.folds.split(",")] if cfg.folds else [cfg.fold]
     root = run_dir(cfg.runs, "temporal", cfg.name, cfg.seed)
@@ -334,12 +336,13 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: {err.filename}: not found; run prepare_data.py --dataset dfew first")
     if not cfg.ablation:
         return train(cfg, clips, folds)
-    kinds = [k for k in KINDS if k in {s.kind for s in load_streams(cfg, clips)}]
+    loaded = load_streams(replace(cfg, modalities=[]), clips)
+    kinds = [k for k in KINDS if k in {s.kind for s in load_streams(cfg, clips, loaded)}]
     settings = [("frame average", replace(cfg, model="frame_average", modalities=kinds[:1]))]
     settings += [(" + ".join(kinds[:i]), replace(cfg, model="temporal", modalities=kinds[:i]))
                  for i in range(1, len(kinds) + 1)]
-    results = {label: train(replace(s, name=f"{cfg.name}-{label.replace(' + ', '+').replace(' ', '_')}"), clips, folds)
-               for label, s in settings}
+    results = {label: train(replace(s, name=f"{cfg.name}-{label.replace(' + ', '+').replace(' ', '_')}"), clips, folds,
+                            loaded) for label, s in settings}
     table(f"DFEW ablation (seed {cfg.seed}): mean over folds {[m['fold'] for m in next(iter(results.values()))['folds']]}",
           ["setting", "UAR", "WAR", "val UAR"],
           [[k, m["mean_test_uar"], m["mean_test_war"], m["mean_val_uar"]] for k, m in results.items()])
