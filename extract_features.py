@@ -46,7 +46,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from utils.affwild2 import DataError
-from utils.audio import FLOOR_DB, AudioPipe, WindowDataset, log_mel, window_columns
+from utils.audio import AudioPipe, WindowDataset, log_mel, stack_bank, window_columns
 from utils.classes import NUM_EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import WarningCounter, log, table, track
@@ -185,9 +185,7 @@ def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnin
         else:
             warnings("no audio", f"clip {clip} has no sound; masked")
             parts.append(np.zeros((0, saved["n_mels"]), np.float16))
-    n_columns = np.array([len(p) for p in parts], np.int64)
-    offset = np.concatenate([[0], np.cumsum(n_columns)[:-1]]).astype(np.int64)
-    bank = np.concatenate(parts + [np.full((1, saved["n_mels"]), FLOOR_DB, np.float16)])
+    bank, offset, n_columns = stack_bank(parts, saved["n_mels"])
     clip_of = pd.Series(np.arange(len(info)), index=info.index).reindex(frames["clip"]).to_numpy()
     seconds = info["audio_samples"].to_numpy(np.float64) / rate
     fps = np.where(seconds > 0, info["n_frames"].to_numpy() / np.maximum(seconds, 1e-9), 25.0)[clip_of]

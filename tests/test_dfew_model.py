@@ -165,3 +165,8 @@ def test_dataset_flag_picks_the_dfew_options(dfew, tmp_path, capsys):
     config.write_text(json.dumps({"dataset": "dfew", "data": str(dfew / "data")}))
     with pytest.raises(SystemExit, match="--features RUN"):   # the DFEW config, read from the file
         train_fusion.main(["--config", str(config)])
+
+
+def test_no_validation_clips_is_an_error_not_a_silent_first_epoch(dfew, keypoints):
+    with pytest.raises(SystemExit, match="fold 1: --val-share 0.0 leaves no validation clips"):
+        train(dfew, "noval", "--features", str(keypoints), "--fold", "1", "--val-share", "0")

@@ -82,12 +82,16 @@ def load_bank(folder: Path, videoids, has_audio) -> tuple[np.ndarray, np.ndarray
 
     Returns (bank, offset, n_columns) with video i's column j at bank[offset[i] + j]."""
     n_mels = int(read_json(folder / "spec.json")["n_mels"])
-    parts = [np.load(folder / f"{v}.npy").T if audio else np.zeros((0, n_mels), np.float16)
-             for v, audio in zip(videoids, has_audio)]
+    return stack_bank([np.load(folder / f"{v}.npy").T if audio else np.zeros((0, n_mels), np.float16)
+                       for v, audio in zip(videoids, has_audio)], n_mels)
+
+
+def stack_bank(parts, n_mels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(columns, n_mels) spectrograms, one per video or clip, as (bank, offset, n_columns)."""
     n_columns = np.array([len(p) for p in parts], dtype=np.int64)
     offset = np.concatenate([[0], np.cumsum(n_columns)[:-1]]).astype(np.int64)
     floor = np.full((1, n_mels), FLOOR_DB, np.float16)
-    return np.concatenate(parts + [floor]), offset, n_columns
+    return np.concatenate(list(parts) + [floor]), offset, n_columns
 
 
 def bank_stats(bank: np.ndarray, offset, n_columns, videos_used) -> tuple[float, float]:

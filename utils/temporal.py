@@ -241,6 +241,9 @@ def train_fold(cfg, clips, folds, streams, fold: int, run: Path, d) -> dict:
     test = position[part.loc[part["split"] == "test", "clip"]].to_numpy()
     is_val = validation_split(clips["label"].to_numpy()[train_all], cfg.val_share, [cfg.seed, fold])
     train, val = train_all[~is_val], train_all[is_val]
+    if not len(val):   # best.pt is chosen on these clips; the test fold must never stand in for them
+        raise SystemExit(f"error: fold {fold}: --val-share {cfg.val_share} leaves no validation clips "
+                         f"(of {len(train_all)} training clips); model selection needs some")
     datasets = {s: ClipDataset(streams, clips, ix, s == "train", cfg.seed, cfg.n_frames)
                 for s, ix in (("train", train), ("val", val), ("test", test))}
     build = TemporalModel if cfg.model == "temporal" else FrameAverage
@@ -256,8 +259,6 @@ def train_fold(cfg, clips, folds, streams, fold: int, run: Path, d) -> dict:
 
     def evaluate(model):
         logits = predict(model, datasets["val"], cfg, d, precision)
-        if not len(logits):   # no validation clips: keep the last epoch
-            return dict(macro_f1=0.0, per_class_f1=[0.0] * NUM_DFEW_CLASSES)
         uar, _ = uar_war(labels["val"], logits.argmax(1))
         nll = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels["val"])).item()
         # The Trainer selects on 'macro_f1': here val UAR, ties broken by the lower cross-entropy.
