@@ -1,5 +1,5 @@
 # Two commands: `make demo` runs the whole pipeline on synthetic data (`make demo DATASET=dfew`:
-# the DFEW system), `make test` the tests.
+# the DFEW system; add FINETUNE=1 for the per-fold fine-tuned image generator), `make test` the tests.
 # Both create .venv/ from requirements.txt on first use and reuse it afterwards.
 PYTHON ?= python3
 VENV := .venv
@@ -11,10 +11,11 @@ SEED ?= 0
 
 DATASET ?= affwild2
 DFEW_CLIPS ?= 240
+FINETUNE ?= 0
 IMAGE_RUN := $(DEMO)/runs/image/demo_seed$(SEED)
 FEATURES := $(DEMO)/runs/features
 
-.PHONY: demo demo-affwild2 demo-dfew demo-image test bench clean-demo
+.PHONY: demo demo-affwild2 demo-dfew demo-dfew-finetune demo-image test bench clean-demo
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,21 @@ demo-dfew: demo-image
 	$(PY) extract_features.py --data $(DEMO)/data/dfew --runs $(DEMO)/runs --modality audio
 	$(PY) train_fusion.py --dataset dfew --preset demo --data $(DEMO)/data/dfew --runs $(DEMO)/runs --name demo --seed $(SEED) \
 		--features $(FEATURES)/image-demo_seed$(SEED) $(FEATURES)/openpose $(FEATURES)/logmel --folds all --ablation
+ifeq ($(FINETUNE),1)
+	$(MAKE) demo-dfew-finetune
+endif
+
+# FINETUNE=1: the image generator fine-tuned per fold (from the Aff-Wild2 demo model, as real
+# runs start from ImageNet), one run per fold, and the clip model on each fold's own features.
+demo-dfew-finetune: $(VENV)/.installed
+	for fold in 1 2 3 4 5; do \
+		$(PY) train_image.py --dataset dfew --preset demo --data $(DEMO)/data/dfew --runs $(DEMO)/runs --fold $$fold \
+			--seed $(SEED) --pretrained-path $(IMAGE_RUN)/best.pt --lr 1e-3 --epochs 6 && \
+		$(PY) extract_features.py --data $(DEMO)/data/dfew --runs $(DEMO)/runs \
+			--checkpoint $(DEMO)/runs/image/dfew-test_efficientnet-fold$${fold}_seed$(SEED)/best.pt || exit 1; \
+	done
+	$(PY) train_fusion.py --dataset dfew --preset demo --data $(DEMO)/data/dfew --runs $(DEMO)/runs --name demo-finetuned \
+		--seed $(SEED) --features '$(FEATURES)/image-dfew-test_efficientnet-fold{fold}_seed$(SEED)' --folds all
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

@@ -1,6 +1,8 @@
 """DFEW feature generators: per-frame features of every clip from a frozen generator (DESIGN.md section 6).
 
 Usage: python extract_features.py --data data/dfew --modality image --model resnet18 [--pretrained-path F]
+       python extract_features.py --data data/dfew --checkpoint runs/image/dfew-resnet18-fold1_seed0/best.pt
+       torchrun --nproc_per_node=4 extract_features.py --data data/dfew --model resnet18   (image, audio-branch: sharded)
        python extract_features.py --data data/dfew --modality keypoints --openpose openpose_out/
        python extract_features.py --data data/dfew --modality audio
        python extract_features.py --data data/dfew --modality extra --extra-dir omnivec/ --name omnivec
@@ -9,7 +11,9 @@ Modalities (one run each, read by utils/temporal.py):
   image      a frozen timm backbone (ImageNet weights from the hub or --pretrained-path; the kit's
              own fine-tuned image model with --checkpoint runs/image/<run>/best.pt, whose model
              and input size come from the run's config.json): its pooled pre-logit feature of
-             every frame file. A frame that fails to decode is masked.
+             every frame file. A frame that fails to decode is masked. A model fine-tuned on a
+             DFEW fold (train_image.py --dataset dfew --fold k) brings its split.json along as
+             generator_split.json: the clip model refuses it for any fold whose test clips it saw.
   keypoints  OpenPose JSON from --openpose DIR/<clip>/*_keypoints.json (utils/openpose.py): the 25
              body and 70 face points as (x, y, c) in face-box coordinates, flattened to 285 values.
   audio      the mean log-mel (dB) of each frame's time span in data/audio/<clip>.npy; or, with
@@ -43,15 +47,15 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from utils.affwild2 import DataError
 from utils.audio import AudioPipe, WindowDataset, log_mel, stack_bank, window_columns
-from utils.classes import NUM_EXPR_CLASSES
+from utils.classes import NUM_DFEW_CLASSES, NUM_EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import WarningCounter, log, table, track
 from utils.data import keep_batch
-from utils.engine import InputPipe, Rows, autocast, pick_precision, setup_distributed
+from utils.engine import InputPipe, Rows, autocast, gather, pick_precision, setup_distributed, shard
 from utils.models import create_model, features_and_logits, load_weights, normalisation
 from utils.openpose import N_POINTS, read_keypoints
 from utils.preds import order_by_key
@@ -71,7 +75,7 @@ class FeatureConfig:
     model: str = field(default="resnet18", metadata={"help": "image: any timm model name"})
     pretrained: bool = field(default=True, metadata={"help": "image: ImageNet weights from the timm hub"})
     pretrained_path: str | None = field(default=None, metadata={"help": "image: weights file, for offline use"})
-    checkpoint: str | None = field(default=None, metadata={"help": "image: a train_image.py best.pt (8-class head) instead"})
+    checkpoint: str | None = field(default=None, metadata={"help": "image: a train_image.py best.pt instead (its head is dropped)"})
     img_size: int = field(default=224, metadata={"help": "image: model input size"})
     batch_size: int = 64
     workers: int = field(default=2, metadata={"help": "image: decoding processes"})
@@ -105,30 +109,36 @@ class FrameImages(Dataset):
 
 
 @torch.no_grad()
-def image_features(cfg, frames: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
-    d = setup_distributed(cfg.device)
-    if cfg.checkpoint:   # the kit's own fine-tuned model: its 8-class head is dropped below
-        saved = Path(cfg.checkpoint).parent / "config.json"
-        if saved.is_file():   # the run knows its backbone and input size better than the flags
-            run_cfg = read_json(saved)["config"]
+def image_features(cfg, frames: pd.DataFrame, warnings, d) -> tuple[np.ndarray, np.ndarray]:
+    if cfg.checkpoint:   # the kit's own fine-tuned model: its head is dropped below
+        run_cfg = checkpoint_config(cfg)
+        if run_cfg:   # the run knows its backbone and input size better than the flags
             cfg = replace(cfg, model=run_cfg["model"], img_size=run_cfg["img_size"])
-        model = create_model(cfg.model, NUM_EXPR_CLASSES, img_size=cfg.img_size)
+        classes = NUM_DFEW_CLASSES if run_cfg.get("dataset") == "dfew" else NUM_EXPR_CLASSES
+        model = create_model(cfg.model, classes, img_size=cfg.img_size)
         load_weights(model, cfg.checkpoint)
     else:
         model = create_model(cfg.model, 0, cfg.pretrained, cfg.pretrained_path, img_size=cfg.img_size)
     model.eval().to(d.device)
     pipe, precision = InputPipe(*normalisation(model), cfg.img_size, d.device), pick_precision(d.device, cfg.precision)
-    loader = DataLoader(FrameImages(frames["path"], cfg.img_size), batch_size=cfg.batch_size,
+    part = frames["path"].to_numpy()[shard(len(frames), d)]   # under torchrun each rank takes a shard
+    loader = DataLoader(FrameImages(part, cfg.img_size), batch_size=cfg.batch_size,
                         num_workers=cfg.workers, pin_memory=d.device.type == "cuda")
-    out = Rows(len(frames), features=np.float16, ok=bool)
+    out = Rows(len(part), features=np.float16, ok=bool)
     for images, good in track(loader, description="image features", unit="frames", scale=cfg.batch_size):
         with autocast(d.device, precision):
             f, _ = features_and_logits(model, pipe(images))
         out.add(features=f, ok=good)
-    ok = out.get("ok")
+    ok = gather(out.get("ok"), d)
     for path in frames["path"].to_numpy()[~ok]:
         warnings("unreadable frame", f"{path}: not a readable image; frame masked")
-    return out.get("features", model.num_features), ok
+    return gather(out.get("features", model.num_features), d), ok
+
+
+def checkpoint_config(cfg) -> dict:
+    """The config of the train_image.py run behind --checkpoint ({} if its config.json is gone)."""
+    saved = Path(cfg.checkpoint).parent / "config.json"
+    return read_json(saved)["config"] if saved.is_file() else {}
 
 
 def keypoint_features(cfg, frames: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
@@ -170,13 +180,12 @@ def audio_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> 
 
 
 @torch.no_grad()
-def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
+def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings, d) -> tuple[np.ndarray, np.ndarray]:
     run = Path(cfg.audio_run)
     if not (run / "best.pt").is_file() or not (run / "config.json").is_file():
         raise DataError(f"{run}: not an audio-branch run (needs best.pt and config.json from train_audio.py)")
     saved = read_json(run / "config.json")["config"]
     rate = int(read_json(Path(cfg.data) / "meta.json")["sample_rate"])
-    d = setup_distributed(cfg.device)
     info = clips.set_index("clip").loc[frames["clip"].unique()]
     parts = []   # one spectrogram per clip, in memory: DFEW's clips are seconds long
     for clip, row in track(list(info.iterrows()), description="spectrograms"):
@@ -198,13 +207,14 @@ def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnin
     model.eval().to(d.device)
     pipe = AudioPipe(saved["img_size"], saved["spec_mean_db"], saved["spec_std_db"], d.device)
     precision = pick_precision(d.device, cfg.precision)
+    windows = Subset(windows, shard(len(windows), d))
     out = Rows(len(windows), features=np.float16)
     loader = DataLoader(windows, batch_size=cfg.batch_size, collate_fn=keep_batch)
     for spec, width, _ in track(loader, description="audio-branch windows", unit="windows", scale=cfg.batch_size):
         with autocast(d.device, precision):
             f, _ = features_and_logits(model, pipe(spec, width))
         out.add(features=f)
-    feats = out.get("features", model.num_features).reshape(len(frames), -1)   # a frame's windows side by side
+    feats = gather(out.get("features", model.num_features), d).reshape(len(frames), -1)   # a frame's windows side by side
     return feats, info["has_audio"].to_numpy(bool)[clip_of]
 
 
@@ -249,7 +259,9 @@ def main(argv=None) -> Path:
     if is_complete(run) and not cfg.overwrite:
         log(f"{run} is complete (metrics.json); --overwrite extracts again")
         return run
-    (run / "metrics.json").unlink(missing_ok=True)
+    d = setup_distributed(cfg.device)   # under torchrun the image and audio-branch passes are sharded
+    if d.main:
+        (run / "metrics.json").unlink(missing_ok=True)
     try:
         frames = pd.read_parquet(Path(cfg.data) / "frames.parquet")
         clips = pd.read_parquet(Path(cfg.data) / "clips.parquet")
@@ -259,15 +271,24 @@ def main(argv=None) -> Path:
     if cfg.frames == "eval":
         frames = frames[frames["eval_sample"]]
     frames = frames.reset_index(drop=True)
-    save_config(run, asdict(cfg) | dict(name=default_name(cfg)))
+    split = None
+    if cfg.modality == "image" and cfg.checkpoint and checkpoint_config(cfg).get("dataset") == "dfew":
+        split = Path(cfg.checkpoint).parent / "split.json"   # the clip model checks its folds against it
+        if not split.is_file():
+            raise SystemExit(f"error: {split}: not found; the clips a DFEW-fine-tuned model learnt from must be known")
+    if d.main:
+        save_config(run, asdict(cfg) | dict(name=default_name(cfg), world_size=d.world_size))
+        (run / "generator_split.json").unlink(missing_ok=True)
+        if split is not None:
+            write_json(run / "generator_split.json", read_json(split))
     warnings, start = WarningCounter(), time.perf_counter()
     try:
         if cfg.modality == "image":
-            feats, mask = image_features(cfg, frames, warnings)
+            feats, mask = image_features(cfg, frames, warnings, d)
         elif cfg.modality == "keypoints":
             feats, mask = keypoint_features(cfg, frames, warnings)
         elif cfg.modality == "audio" and cfg.audio_run:
-            feats, mask = audio_branch_features(cfg, frames, clips, warnings)
+            feats, mask = audio_branch_features(cfg, frames, clips, warnings, d)
         elif cfg.modality == "audio":
             feats, mask = audio_features(cfg, frames, clips, warnings)
         else:
@@ -275,6 +296,8 @@ def main(argv=None) -> Path:
     except DataError as err:
         raise SystemExit(f"error: {err}")
     seconds = time.perf_counter() - start
+    if not d.main:   # every rank holds the gathered result; rank 0 writes it
+        return run
     labels = frames["clip"].map(dict(zip(clips["clip"], clips["label"]))).fillna(-1)
     save_npz(run / "features.npz", txtid=frames["clip"].to_numpy().astype(str),
              frame=(frames["frame"].to_numpy() + 1).astype(np.int32), number=frames["number"].to_numpy().astype(np.int32),

@@ -1,7 +1,7 @@
 """Write a synthetic dataset in the exact Aff-Wild2 EXPR layout (DESIGN.md section 3).
 
 Usage: python make_demo_data.py --out demo/affwild2_raw [--seed 0] [--videos N] [--scale small|medium]
-       python make_demo_data.py --dataset dfew --out demo/dfew_raw [--clips 80]   (utils/synthetic_dfew.py)
+       python make_demo_data.py --dataset dfew --out demo/dfew_raw [--clips 80] [--openpose 0.5]   (utils/synthetic_dfew.py)
 
 What it writes, and the quirks of the real data it reproduces:
   annotations/<challenge>/{Train_Set,Validation_Set}/<txtid>.txt   labels in 0.5-5 s segments,
@@ -51,6 +51,8 @@ class DemoDataConfig:
     jobs: int = field(default=2, metadata={"help": "parallel worker processes"})
     dataset: str = field(default="affwild2", metadata={"choices": ["affwild2", "dfew"]})
     clips: int = field(default=80, metadata={"help": "DFEW: number of clips"})
+    openpose: float = field(default=0.5, metadata={"help": "DFEW: share of clips with OpenPose output (half: the clip "
+                                                           "model must cope with a missing modality)"})
 
 
 def plan(cfg: DemoDataConfig, rng) -> list[dict]:
@@ -179,7 +181,9 @@ def main(argv=None):
         if (root / "dfew_manifest.json").exists():
             log(f"{root}: already generated (delete it to regenerate)")
             return
-        make_dfew(root, cfg.seed, cfg.clips, frames_16f=True, jobs=cfg.jobs)
+        if not 0 <= cfg.openpose <= 1:
+            raise SystemExit(f"error: --openpose {cfg.openpose}: a share of the clips, 0..1")
+        make_dfew(root, cfg.seed, cfg.clips, frames_16f=True, openpose=cfg.openpose, jobs=cfg.jobs)
         log(f"wrote a synthetic DFEW tree of {cfg.clips} clips to {root}")
         return
     if (root / "demo_manifest.json").exists():

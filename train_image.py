@@ -2,33 +2,47 @@
 
 Usage: python train_image.py --data data/affwild2 --seed 0 [--model swin_tiny_patch4_window7_224]
        torchrun --nproc_per_node=4 train_image.py --data data/affwild2 --seed 0
+       python train_image.py --dataset dfew --data data/dfew --fold 1 --model resnet18 --seed 0
 
 Writes runs/image/<name>_seed<k>/: config.json, log.jsonl, best.pt, last.pt (a killed run
 resumes from it), preds/{train,val,test}.npz for every frame of every video (frames without a
 crop take the nearest crop's output, has_crop=False) and metrics.json, written last.
+
+--dataset dfew fine-tunes a DFEW feature generator for one test fold: each frame of the fold's
+training clips carries its clip's label, a seeded share of them (utils.dfew.fold_split, the
+clip model's own split for the same --seed and --val-share) selects best.pt on clip UAR (the
+mean logits of a clip's 16 evaluation frames), and the test fold is only predicted. The run is
+runs/image/dfew-<model>-fold<k>_seed<s>/ with split.json and preds/{val,test}.npz of the 16
+evaluation frames; extract_features.py --checkpoint turns it into a feature run.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from utils.affwild2 import DataError
+from utils.classes import DFEW_CLASSES, EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import log, table, warn
 from utils.data import ClassBalancedSampler, CropDataset, image_augmentation, load_frames, nearest_index, seed_worker
+from utils.dfew import clip_score, fold_frames
 from utils.engine import InputPipe, Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
 from utils.models import create_model, features_and_logits, load_weights, normalisation
 from utils.preds import save_preds
 from utils.runs import is_complete, run_dir, save_config, seed_everything, write_json
-from utils.classes import EXPR_CLASSES
 
 
 @dataclass
 class ImageConfig:
+    dataset: str = field(default="affwild2", metadata={"choices": ["affwild2", "dfew"],
+                                                       "help": "dfew: a per-fold feature generator (see above)"})
     data: str = field(default="data/affwild2", metadata={"help": "output folder of prepare_data.py"})
+    fold: int = field(default=1, metadata={"help": "dfew: the test fold; trains on its training clips"})
+    val_share: float = field(default=0.1, metadata={"help": "dfew: share of each class's training clips kept for selection"})
     runs: str = field(default="runs", metadata={"help": "root of the run folders"})
     name: str = field(default="", metadata={"help": "run name (default: the model name)"})
     seed: int = 0
@@ -36,6 +50,7 @@ class ImageConfig:
     pretrained: bool = field(default=True, metadata={"help": "ImageNet weights from the timm hub"})
     pretrained_path: str | None = field(default=None, metadata={"help": "weights file, for offline use"})
     img_size: int = field(default=224, metadata={"help": "model input; the 112 px crops are resized on the device"})
+    crop_size: int = field(default=0, metadata={"help": "decode size (0: 112, Aff-Wild2's crops; img_size for DFEW frames)"})
     epochs: int = 10
     batch_size: int = 32
     accum_steps: int = field(default=2, metadata={"help": "effective batch = batch_size x accum_steps x GPUs"})
@@ -60,10 +75,12 @@ class ImageConfig:
     predict_only: bool = field(default=False, metadata={"help": "rewrite the predictions from best.pt"})
 
 
-# A tiny CPU configuration: make demo and the tests train it in about 80 s on 2 cores.
+# A tiny CPU configuration: make demo and the tests train it in about 80 s on 2 cores. DFEW's
+# validation share is the clip model's demo one, so both hold out the same clips.
 PRESETS = {"demo": dict(model="test_efficientnet", pretrained=False, img_size=64, epochs=10,
                         batch_size=64, accum_steps=1, lr=5e-3, weight_decay=0.01, drop_path=0.0,
-                        warmup_epochs=0.2, max_per_class=500, workers=1, patience=0, ema=False)}
+                        warmup_epochs=0.2, max_per_class=500, workers=1, patience=0, ema=False,
+                        val_share=0.2)}
 
 
 def loader_for(dataset, cfg, sampler=None, batch_size=None):
@@ -76,7 +93,7 @@ def loader_for(dataset, cfg, sampler=None, batch_size=None):
 def infer(model, frames, cfg, pipe, d, precision, tta: bool):
     """Logits and features of every row of `frames` (all with crops), split over the ranks."""
     part = frames.iloc[shard(len(frames), d)]
-    loader = loader_for(CropDataset(part), cfg, batch_size=cfg.batch_size * 2)
+    loader = loader_for(CropDataset(part, crop_size=cfg.crop_size), cfg, batch_size=cfg.batch_size * 2)
     model.eval()
     out = Rows(len(part), features=np.float16)
     for images, _, _ in loader:
@@ -87,7 +104,7 @@ def infer(model, frames, cfg, pipe, d, precision, tta: bool):
                 f2, l2 = features_and_logits(model, torch.flip(x, dims=[3]))
                 f, l = (f + f2) / 2, (l + l2) / 2
         out.add(logits=l, features=f)
-    return gather(out.get("logits", len(EXPR_CLASSES)), d), gather(out.get("features", model.num_features), d)
+    return gather(out.get("logits", model.num_classes), d), gather(out.get("features", model.num_features), d)
 
 
 def predict_split(model, frames, cfg, pipe, d, precision) -> dict:
@@ -112,8 +129,12 @@ def predict_split(model, frames, cfg, pipe, d, precision) -> dict:
 
 def main(argv=None):
     cfg = parse_config(ImageConfig, argv, description=__doc__.split("\n")[0], presets=PRESETS)
+    dfew = cfg.dataset == "dfew"
+    cfg = replace(cfg, crop_size=cfg.crop_size or (cfg.img_size if dfew else 112))
+    classes = DFEW_CLASSES if dfew else EXPR_CLASSES
     d = setup_distributed(cfg.device)
-    run = run_dir(cfg.runs, "image", cfg.name or cfg.model, cfg.seed)
+    name = cfg.name or (f"dfew-{cfg.model}" if dfew else cfg.model)
+    run = run_dir(cfg.runs, "image", f"{name}-fold{cfg.fold}" if dfew else name, cfg.seed)
     if is_complete(run) and not (cfg.overwrite or cfg.predict_only):
         log(f"{run} is complete (metrics.json); --overwrite trains again, --predict-only re-predicts")
         return run
@@ -122,19 +143,26 @@ def main(argv=None):
             (run / stale).unlink(missing_ok=True)
     seed_everything(cfg.seed)
     precision = pick_precision(d.device, cfg.precision)
-    frames = load_frames(cfg.data)
-    model = create_model(cfg.model, len(EXPR_CLASSES), cfg.pretrained and not cfg.predict_only,
+    try:
+        frames, split = fold_frames(cfg.data, cfg.fold, cfg.val_share, cfg.seed) if dfew else (load_frames(cfg.data), None)
+    except DataError as err:
+        raise SystemExit(f"error: {err}")
+    model = create_model(cfg.model, len(classes), cfg.pretrained and not cfg.predict_only,
                          cfg.pretrained_path, cfg.img_size, drop_path=cfg.drop_path)
     pipe = InputPipe(*normalisation(model), cfg.img_size, d.device, cfg.random_erase * (cfg.augment > 0))
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
         save_config(run, asdict(cfg) | dict(precision=precision, world_size=d.world_size))
+        if dfew:   # the clips this generator learns from: the clip model checks its folds against them
+            write_json(run / "split.json", split)
         log(f"{run}: {cfg.model} at {cfg.img_size}px, {precision}, {d.world_size} x {d.device}")
-    val = frames[(frames.split == "val") & frames.has_crop & (frames.label >= 0)]
+    # DFEW predicts and scores a clip on its 16 evaluation frames, as the clip model sees it.
+    predicted = frames["eval_sample"] if dfew else True
+    val = frames[(frames.split == "val") & frames.has_crop & (frames.label >= 0) & predicted]
 
     def evaluate(model):
         logits, _ = infer(model, val, cfg, pipe, d, precision, tta=False)
-        return score(val["label"].to_numpy(), logits)
+        return clip_score(val["txtid"], val["label"], logits) if dfew else score(val["label"].to_numpy(), logits)
 
     def step(net, batch):
         images, labels, replaced = batch
@@ -142,26 +170,34 @@ def main(argv=None):
 
     if not cfg.predict_only:
         train = frames[(frames.split == "train") & frames.has_crop & (frames.label >= 0)].reset_index(drop=True)
-        sampler = ClassBalancedSampler(train["label"].to_numpy(), cfg.max_per_class, cfg.seed, d.rank, d.world_size)
-        dataset = CropDataset(train, image_augmentation(cfg.augment), cfg.seed)
+        sampler = ClassBalancedSampler(train["label"].to_numpy(), cfg.max_per_class, cfg.seed, d.rank, d.world_size,
+                                       len(classes))
+        dataset = CropDataset(train, image_augmentation(cfg.augment, cfg.crop_size), cfg.seed, cfg.crop_size)
         drawn = torch.tensor(sampler.draw_counts, dtype=torch.float32)
         weights = (drawn.sum() / drawn.clamp(min=1)) / len(drawn) if cfg.class_weighted else None
         if d.main:
             log(f"train frames {len(train):,}; drawn per epoch (cap {sampler.max_per_class:,}): "
-                + ", ".join(f"{n} {c}" for n, c in zip(sampler.draw_counts, EXPR_CLASSES)))
-        trainer = Trainer(model, cfg, run, d, precision, step, evaluate, weights)
+                + ", ".join(f"{n} {c}" for n, c in zip(sampler.draw_counts, classes)))
+        trainer = Trainer(model, cfg, run, d, precision, step, evaluate, weights, metric="UAR" if dfew else "macro-F1")
         trainer.fit(loader_for(dataset, cfg, sampler), sampler)
     if not (run / "best.pt").exists():
         raise SystemExit(f"error: {run / 'best.pt'} not found: nothing to predict with")
     best = load_weights(model, run / "best.pt")
     model.to(d.device)
     results = {}
-    for split in ("train", "val", "test"):
-        preds = predict_split(model, frames[frames.split == split].reset_index(drop=True), cfg, pipe, d, precision)
+    for split in ("val", "test") if dfew else ("train", "val", "test"):
+        part = frames[(frames.split == split) & predicted].reset_index(drop=True)
+        preds = predict_split(model, part, cfg, pipe, d, precision)
         if d.main:
             save_preds(run / "preds" / f"{split}.npz", **preds)
         results[split] = preds
-    if d.main:
+    if d.main and dfew:
+        scored = {s: clip_score(r["txtid"], r["label"], r["logits"]) for s, r in results.items()}
+        table(f"{run.name}: clip UAR / WAR (mean logits of 16 frames)", ["split", "clips", "UAR", "WAR"],
+              [[s, v["clips"], v["uar"], v["war"]] for s, v in scored.items()])
+        write_json(run / "metrics.json", {f"{s}_{k}": v[k] for s, v in scored.items() for k in ("uar", "war")}
+                   | dict(fold=cfg.fold, best_epoch=best.get("epoch")))
+    elif d.main:
         val_all = results["val"]
         scored = score(val_all["label"], val_all["logits"])
         metrics = dict(val_macro_f1=scored["macro_f1"], val_per_class_f1=dict(zip(EXPR_CLASSES, scored["per_class_f1"])),

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import make_demo_data
 from utils import affwild2
@@ -94,3 +95,10 @@ def test_rerun_reuses_decoded_audio_and_force_redoes_it(demo_raw, demo_data):
     assert audio.stat().st_mtime_ns == before
     prepare_data.main(["--root", str(demo_raw), "--out", str(demo_data), "--force"])
     assert audio.stat().st_mtime_ns != before
+
+
+def test_dfew_demo_openpose_share_is_a_flag(tmp_path):
+    make_demo_data.main(["--dataset", "dfew", "--out", str(tmp_path / "all"), "--clips", "10", "--openpose", "1"])
+    assert len(list((tmp_path / "all" / "openpose").iterdir())) == 10
+    with pytest.raises(SystemExit, match="--openpose 1.5: a share"):
+        make_demo_data.main(["--dataset", "dfew", "--out", str(tmp_path / "bad"), "--clips", "10", "--openpose", "1.5"])

@@ -1,5 +1,6 @@
 """The DFEW system after the data layer: feature generators, the clip model, 5-fold selection, the ablation."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,8 +9,9 @@ import torch
 
 import extract_features
 import train_fusion
+import train_image
 from utils import temporal
-from utils.dfew import prepare_dfew
+from utils.dfew import clip_score, fold_split, prepare_dfew
 from utils.synthetic_dfew import make_dfew
 
 
@@ -170,3 +172,85 @@ def test_dataset_flag_picks_the_dfew_options(dfew, tmp_path, capsys):
 def test_no_validation_clips_is_an_error_not_a_silent_first_epoch(dfew, keypoints):
     with pytest.raises(SystemExit, match="fold 1: --val-share 0.0 leaves no validation clips"):
         train(dfew, "noval", "--features", str(keypoints), "--fold", "1", "--val-share", "0")
+
+
+def test_clip_score_averages_frame_logits_per_clip():
+    # Clip a: frames vote 0, 0, 1 -> mean picks 0 (true 0). Clip b: one confident frame for 2
+    # outweighs two weak frames for 1 -> 2 (true 1). Clip c: 1 (true 1).
+    txtid = np.array(["a", "a", "a", "b", "b", "b", "c"])
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    logits = np.zeros((7, 7), np.float32)
+    logits[[0, 1, 2], [0, 0, 1]] = [2.0, 2.0, 1.0]
+    logits[[3, 4, 5], [1, 1, 2]] = [1.0, 1.0, 5.0]
+    logits[6, 1] = 1.0
+    scored = clip_score(txtid, labels, logits)
+    # Recall: class 0 1/1, class 1 1/2 -> UAR 0.75; 2 of 3 clips right -> WAR 2/3.
+    assert scored["clips"] == 3 and scored["uar"] == pytest.approx(0.75) and scored["war"] == pytest.approx(2 / 3)
+    assert scored["macro_f1"] == scored["uar"]   # what the Trainer selects on
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(dfew, image_run):
+    """Fold 1's image model, fine-tuned from the kit's Aff-Wild2 model, and its feature run."""
+    image = train_image.main(["--dataset", "dfew", "--preset", "demo", "--data", str(dfew / "data"), "--runs",
+                              str(dfew / "runs"), "--fold", "1", "--val-share", "0.2", "--img-size", "32",
+                              "--epochs", "1", "--lr", "1e-3", "--pretrained-path", str(image_run / "best.pt")])
+    return image, extract(dfew, "--checkpoint", str(image / "best.pt"), "--frames", "eval", "--workers", "0")
+
+
+def test_image_model_fine_tuned_on_a_fold_learns_only_from_its_training_clips(dfew, fine_tuned):
+    image, features = fine_tuned
+    assert image.name == "dfew-test_efficientnet-fold1_seed0"
+    clips = pd.read_parquet(dfew / "data" / "clips.parquet")
+    folds = pd.read_parquet(dfew / "data" / "folds.parquet")
+    part = folds[folds["fold"] == 1]
+    split = json.loads((image / "split.json").read_text())
+    assert set(split["test"]) == set(part.loc[part["split"] == "test", "clip"])
+    assert set(split["train"]) | set(split["val"]) == set(part.loc[part["split"] == "train", "clip"])
+    assert not set(split["val"]) & set(split["train"])
+    # The clip model's validation clips for the same seed and share are the image model's.
+    ours = fold_split(clips, folds, 1, 0.2, 0)
+    assert set(split["val"]) == set(clips["clip"].to_numpy()[ours["val"]])
+    with np.load(image / "preds" / "test.npz", allow_pickle=False) as preds:
+        assert preds["logits"].shape[1] == 7 and len(preds["txtid"]) == 16 * len(split["test"])
+    metrics = json.loads((image / "metrics.json").read_text())
+    assert {"val_uar", "test_uar", "test_war"} <= set(metrics) and 0 <= metrics["test_uar"] <= 1
+    assert json.loads((features / "generator_split.json").read_text()) == split
+    assert load(features)["features"].shape[1] == 256   # test_efficientnet's pooled feature, not its head
+
+
+def test_clip_model_takes_each_folds_own_generator_and_refuses_a_leaking_one(dfew, fine_tuned):
+    _, features = fine_tuned
+    template = str(features).replace("fold1", "fold{fold}")
+    result = train(dfew, "ft", "--features", template, "--fold", "1", "--epochs", "2")
+    assert result["streams"] == [Path(template).name] and result["folds"][0]["val_clips_seen_by_generators"] == 0
+    # Fold 1's generator trained on most of fold 2's test clips: the test fold would leak.
+    with pytest.raises(SystemExit, match=r"fold 2: .*fold1_seed0 comes from an image model fine-tuned on \d+ of"):
+        train(dfew, "leak", "--features", str(features), "--fold", "2", "--epochs", "2")
+    # A fold whose generator is missing stops the run before any fold trains.
+    with pytest.raises(SystemExit, match=r"fold2_seed0: not a complete feature run"):
+        train(dfew, "gap", "--features", template, "--folds", "1,2", "--epochs", "2")
+    assert not (dfew / "runs" / "temporal" / "gap_seed0" / "fold1").exists()
+    # Another seed draws other validation clips, some of them the generator's training clips.
+    other = train(dfew, "seed1", "--features", template, "--fold", "1", "--epochs", "2", "--seed", "1")
+    assert other["folds"][0]["val_clips_seen_by_generators"] > 0
+
+
+def test_torchrun_shards_extraction_and_rank_zero_writes_the_same_features(dfew, image_run, tmp_path):
+    import subprocess
+    import sys
+    argv = ["--data", str(dfew / "data"), "--checkpoint", str(image_run / "best.pt"), "--frames", "eval",
+            "--workers", "0", "--name", "sharded"]
+    single = load(extract(dfew, *argv))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = subprocess.run([str(torchrun), "--nproc_per_node=2", "extract_features.py", *argv, "--runs", str(tmp_path)],
+                         cwd=Path(extract_features.__file__).parent, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = tmp_path / "features" / "sharded"
+    assert json.loads((run / "config.json").read_text())["config"]["world_size"] == 2
+    sharded = load(run)
+    np.testing.assert_array_equal(sharded["txtid"], single["txtid"])
+    np.testing.assert_array_equal(sharded["mask"], single["mask"])
+    # Other batch boundaries, the same numbers up to float16 rounding.
+    np.testing.assert_allclose(sharded["features"].astype(np.float32), single["features"].astype(np.float32),
+                               rtol=1e-2, atol=1e-2)

@@ -140,9 +140,9 @@ class ClassBalancedSampler(Sampler):
     """
 
     def __init__(self, labels: np.ndarray, max_per_class: int = 0, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, num_classes: int = NUM_EXPR_CLASSES):
         self.labels = np.asarray(labels)
-        counts = np.bincount(self.labels, minlength=NUM_EXPR_CLASSES)
+        counts = np.bincount(self.labels, minlength=num_classes)
         self.max_per_class = int(max_per_class) or default_cap(counts)
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
         self.by_class = [np.flatnonzero(self.labels == c) for c in range(len(counts))]

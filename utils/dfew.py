@@ -37,6 +37,7 @@ from utils.affwild2 import DataError
 from utils.classes import DFEW_CLASSES, NUM_DFEW_CLASSES
 from utils.console import WarningCounter, log, table, track
 from utils.media import decode_audio, probe_video
+from utils.metrics import per_class_f1, uar_war
 from utils.runs import read_json, save_npy, save_parquet, write_json
 
 FRAME_KINDS = ("clip_224x224", "clip_224x224_16f")   # the first is preferred
@@ -232,6 +233,64 @@ def sample_indices(n_frames: int, n: int = 16, train: bool = False, rng=None) ->
         left = spare // 2
     return np.concatenate([np.zeros(left, np.int64), np.arange(n_frames),
                            np.full(spare - left, n_frames - 1, np.int64)])
+
+
+def validation_split(labels: np.ndarray, share: float, seed) -> np.ndarray:
+    """Stratified: round(share * n) clips of each class (a class of one clip keeps it in training)."""
+    rng, val = np.random.default_rng(seed), np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        val[members[:int(round(share * len(members))) if len(members) > 1 else 0]] = True
+    return val
+
+
+def fold_split(clips: pd.DataFrame, folds: pd.DataFrame, fold: int, val_share: float, seed: int) -> dict:
+    """Rows of `clips` in fold `fold`'s train, val and test parts. val is a stratified share of
+    the fold's training clips drawn from (seed, fold): the image model fine-tuned on a fold
+    (train_image.py --dataset dfew) and the clip model hold out the same clips when they are
+    given the same --seed and --val-share. Model selection uses val, never test."""
+    position = pd.Series(np.arange(len(clips)), index=clips["clip"].to_numpy())
+    part = folds[folds["fold"] == fold]
+    if not len(part):
+        raise DataError(f"fold {fold}: not in folds.parquet (folds {sorted(folds['fold'].unique().tolist())})")
+    train_all = position[part.loc[part["split"] == "train", "clip"]].to_numpy()
+    test = position[part.loc[part["split"] == "test", "clip"]].to_numpy()
+    is_val = validation_split(clips["label"].to_numpy()[train_all], val_share, [seed, fold])
+    if not is_val.any():   # best.pt is chosen on these clips; the test fold must never stand in for them
+        raise DataError(f"fold {fold}: --val-share {val_share} leaves no validation clips "
+                        f"(of {len(train_all)} training clips); model selection needs some")
+    return dict(train=train_all[~is_val], val=train_all[is_val], test=test)
+
+
+def fold_frames(data_dir, fold: int, val_share: float, seed: int) -> tuple[pd.DataFrame, dict]:
+    """The frames of fold `fold`'s labelled clips in the table train_image.py reads (txtid = clip,
+    frame, crop_path, has_crop, label = the clip's label, split = train | val | test from
+    fold_split, eval_sample), and the split's clip ids for split.json."""
+    data_dir = Path(data_dir)
+    try:
+        clips, folds, frames = (pd.read_parquet(data_dir / f"{name}.parquet") for name in ("clips", "folds", "frames"))
+    except FileNotFoundError as err:
+        raise DataError(f"{err.filename}: not found; run prepare_data.py --dataset dfew first") from None
+    parts = fold_split(clips, folds, fold, val_share, seed)
+    ids = {name: clips["clip"].to_numpy()[ix].tolist() for name, ix in parts.items()}
+    split_of = pd.Series({clip: name for name, members in ids.items() for clip in members}, dtype=object)
+    split = frames["clip"].map(split_of)
+    frames = frames[split.notna()]
+    return pd.DataFrame({
+        "txtid": frames["clip"].to_numpy(), "frame": frames["frame"].to_numpy(), "crop_path": frames["path"].to_numpy(),
+        "has_crop": True, "label": frames["clip"].map(dict(zip(clips["clip"], clips["label"]))).to_numpy(np.int64),
+        "split": split[split.notna()].to_numpy().astype(str), "eval_sample": frames["eval_sample"].to_numpy()}), ids
+
+
+def clip_score(txtid: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> dict:
+    """Clip-level UAR and WAR of frame logits, a clip's prediction being the mean of its frames'
+    logits; 'macro_f1' carries the UAR for the Trainer's model selection."""
+    mean = pd.DataFrame(logits).groupby(np.asarray(txtid)).mean()
+    truth = pd.Series(np.asarray(labels)).groupby(np.asarray(txtid)).first().loc[mean.index].to_numpy()
+    preds = mean.to_numpy().argmax(1)
+    uar, war = uar_war(truth, preds)
+    return dict(macro_f1=uar, uar=uar, war=war, clips=len(mean),
+                per_class_f1=per_class_f1(truth, preds, NUM_DFEW_CLASSES).tolist())
 
 
 def index(layout: DfewLayout, warnings=None, n: int = 16):

@@ -150,8 +150,9 @@ class Trainer:
     ema_decay, patience, label_smoothing, grad_checkpointing) and writes into `run`."""
 
     def __init__(self, model, cfg, run: Path, d: Dist, precision: str, step_fn, evaluate_fn,
-                 class_weights: torch.Tensor | None = None):
-        self.cfg, self.run, self.d, self.precision = cfg, Path(run), d, precision
+                 class_weights: torch.Tensor | None = None, metric: str = "macro-F1"):
+        # evaluate_fn's 'macro_f1' is the selection score; `metric` names it in the log (DFEW: UAR).
+        self.cfg, self.run, self.d, self.precision, self.metric = cfg, Path(run), d, precision, metric
         self.model = model.to(d.device)
         if getattr(cfg, "grad_checkpointing", False) and hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
@@ -198,7 +199,7 @@ class Trainer:
         self.updates, self.best, self.best_epoch = state["updates"], state["best"], state["best_epoch"]
         self.bad_epochs = state["bad_epochs"]
         if self.d.main:
-            log(f"resumed from {path} after epoch {state['epoch']} (best val macro-F1 {self.best:.4f})")
+            log(f"resumed from {path} after epoch {state['epoch']} (best val {self.metric} {self.best:.4f})")
 
     def loss(self, logits, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy; a list of logits (several heads) sums the heads' losses weighted by
@@ -259,7 +260,7 @@ class Trainer:
                                                           val_macro_f1=val["macro_f1"]))
                 save_torch(self.run / "last.pt", self._state(epoch))
                 append_jsonl(self.run / "log.jsonl", record)
-                log(f"epoch {epoch}: loss {record['train_loss']:.4f}  val macro-F1 {val['macro_f1']:.4f}"
+                log(f"epoch {epoch}: loss {record['train_loss']:.4f}  val {self.metric} {val['macro_f1']:.4f}"
                     f"{' (best)' if improved else ''}  {record['images_per_s']:.0f} img/s  {seconds:.0f}s")
             if d.world_size > 1:
                 dist.barrier()

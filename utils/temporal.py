@@ -17,7 +17,12 @@ the demo 0.12 UAR (0.57 against 0.69 on folds 1-3); with it, 0.66.
 A pre-norm transformer encoder over all tokens, a masked mean pool and a 7-way clip head.
 FrameAverage, a linear head on the mean primary feature, is the order-blind baseline.
 Selection. Per fold, a stratified, seeded share of the training clips is the validation
-split; best.pt is chosen on its UAR (ties: lower cross-entropy), never on the test fold.
+split (utils.dfew.fold_split); best.pt is chosen on its UAR (ties: lower cross-entropy), never
+on the test fold.
+Generators fine-tuned per fold. '{fold}' in a --features path stands for the test fold, e.g.
+runs/features/image-dfew-resnet18-fold{fold}_seed0 (train_image.py --dataset dfew --fold k,
+then extract_features.py --checkpoint). A run whose image model saw the fold's test clips is
+an error; one that trained on its validation clips is warned about and counted.
 Writes runs/temporal/<name>_seed<k>/: fold<k>/ (config.json, log.jsonl, best.pt, last.pt,
 split.json with the train/val/test clip ids, preds/{val,test}.npz: one row per clip, frame 0
 = the whole clip, and metrics.json) and metrics.json with the per-fold and mean UAR/WAR.
@@ -34,11 +39,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from utils.affwild2 import DataError
 from utils.classes import DFEW_CLASSES, NUM_DFEW_CLASSES
 from utils.config import parse_config
-from utils.console import log, table
+from utils.console import log, table, warn
 from utils.data import ClassBalancedSampler, keep_batch, nearest_index
-from utils.dfew import sample_indices
+from utils.dfew import fold_split, sample_indices
 from utils.engine import Rows, Trainer, autocast, pick_precision, setup_distributed
 from utils.metrics import per_class_f1, uar_war
 from utils.models import load_weights
@@ -52,7 +58,8 @@ KINDS = ("image", "keypoints", "audio", "extra")   # the ablation adds them in t
 class TemporalConfig:
     dataset: str = field(default="dfew", metadata={"choices": ["dfew"]})
     data: str = field(default="data/dfew", metadata={"help": "output folder of prepare_data.py --dataset dfew"})
-    features: list[str] = field(default_factory=list, metadata={"help": "feature runs (runs/features/...), image first"})
+    features: list[str] = field(default_factory=list, metadata={"help": "feature runs (runs/features/...), image first; "
+                                                                "'{fold}' in a path stands for the test fold"})
     modalities: list[str] = field(default_factory=list, metadata={"help": "use only these runs (names or kinds)"})
     runs: str = field(default="runs", metadata={"help": "root of the run folders"})
     name: str = "dfew"
@@ -93,11 +100,15 @@ PRESETS = {"demo": dict(width=64, heads=4, layers=1, epochs=80, batch_size=16, l
 class Stream:
     """One feature run, indexed by clip slot: lookup[offset[clip] + position] is its row, or -1."""
 
-    def __init__(self, run, clips: pd.DataFrame):
+    def __init__(self, run, clips: pd.DataFrame, name: str | None = None):
         run = Path(run)
         with np.load(run / "features.npz", allow_pickle=False) as f:
             txtid, frame, mask, feats = f["txtid"], f["frame"], f["mask"], f["features"]
-        self.name, self.kind = run.name, read_json(run / "config.json")["config"]["modality"]
+        self.path, self.name, self.kind = run, name or run.name, read_json(run / "config.json")["config"]["modality"]
+        # The clips an image model fine-tuned on DFEW learnt from or was selected on (None: a
+        # generator that never saw DFEW labels); extract_features.py copies its split.json.
+        split = run / "generator_split.json"
+        self.generator_split = read_json(split) if split.is_file() else None
         # A zero row with mask False last: row -1 is 'nothing', without a branch.
         self.bank = torch.from_numpy(np.concatenate([feats, np.zeros((1, feats.shape[1]), feats.dtype)]))
         self.mask = torch.from_numpy(np.concatenate([mask, [False]]))
@@ -209,15 +220,6 @@ class FrameAverage(nn.Module):
         return self.head(self.norm((feats[0].float() * w).sum(1) / w.sum(1)))
 
 
-def validation_split(labels: np.ndarray, share: float, seed) -> np.ndarray:
-    """Stratified: round(share * n) clips of each class (a class of one clip keeps it in training)."""
-    rng, val = np.random.default_rng(seed), np.zeros(len(labels), bool)
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        val[members[:int(round(share * len(members))) if len(members) > 1 else 0]] = True
-    return val
-
-
 @torch.no_grad()
 def predict(model, dataset, cfg, d, precision) -> np.ndarray:
     model.eval()
@@ -235,15 +237,11 @@ def train_fold(cfg, clips, folds, streams, fold: int, run: Path, d) -> dict:
     for stale in ("last.pt", "best.pt", "log.jsonl", "metrics.json") if cfg.overwrite and d.main else ():
         (run / stale).unlink(missing_ok=True)
     seed_everything(cfg.seed * 100 + fold)
-    position = pd.Series(np.arange(len(clips)), index=clips["clip"].to_numpy())
-    part = folds[folds["fold"] == fold]
-    train_all = position[part.loc[part["split"] == "train", "clip"]].to_numpy()
-    test = position[part.loc[part["split"] == "test", "clip"]].to_numpy()
-    is_val = validation_split(clips["label"].to_numpy()[train_all], cfg.val_share, [cfg.seed, fold])
-    train, val = train_all[~is_val], train_all[is_val]
-    if not len(val):   # best.pt is chosen on these clips; the test fold must never stand in for them
-        raise SystemExit(f"error: fold {fold}: --val-share {cfg.val_share} leaves no validation clips "
-                         f"(of {len(train_all)} training clips); model selection needs some")
+    try:
+        train, val, test = fold_split(clips, folds, fold, cfg.val_share, cfg.seed).values()
+    except DataError as err:
+        raise SystemExit(f"error: {err}")
+    seen_val = check_generators(streams, clips["clip"].to_numpy(), fold, val, test)
     datasets = {s: ClipDataset(streams, clips, ix, s == "train", cfg.seed, cfg.n_frames)
                 for s, ix in (("train", train), ("val", val), ("test", test))}
     build = TemporalModel if cfg.model == "temporal" else FrameAverage
@@ -261,7 +259,8 @@ def train_fold(cfg, clips, folds, streams, fold: int, run: Path, d) -> dict:
         logits = predict(model, datasets["val"], cfg, d, precision)
         uar, _ = uar_war(labels["val"], logits.argmax(1))
         nll = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels["val"])).item()
-        # The Trainer selects on 'macro_f1': here val UAR, ties broken by the lower cross-entropy.
+        # The Trainer selects on 'macro_f1' (logged as its `metric`): here val UAR, ties broken by
+        # the lower cross-entropy.
         return dict(macro_f1=uar - 1e-4 * min(nll, 10.0),
                     per_class_f1=per_class_f1(labels["val"], logits.argmax(1), NUM_DFEW_CLASSES).tolist())
 
@@ -274,11 +273,12 @@ def train_fold(cfg, clips, folds, streams, fold: int, run: Path, d) -> dict:
     if cfg.class_weighted:   # every clip each epoch, the loss weighted by inverse class frequency
         weights = torch.tensor(counts.sum() / np.maximum(counts, 1) / NUM_DFEW_CLASSES, dtype=torch.float32)
     cap = len(train) if cfg.class_weighted else cfg.max_per_class
-    sampler = ClassBalancedSampler(labels["train"], cap, cfg.seed * 100 + fold, d.rank, d.world_size)
+    sampler = ClassBalancedSampler(labels["train"], cap, cfg.seed * 100 + fold, d.rank, d.world_size, NUM_DFEW_CLASSES)
     loader = DataLoader(datasets["train"], batch_size=cfg.batch_size, sampler=sampler, collate_fn=keep_batch)
-    fit = Trainer(model, cfg, run, d, precision, step, evaluate, weights).fit(loader, sampler)
+    fit = Trainer(model, cfg, run, d, precision, step, evaluate, weights, metric="UAR").fit(loader, sampler)
     load_weights(model, run / "best.pt")
-    scores = dict(fold=fold, best_epoch=fit["best_epoch"], n_train=len(train), n_val=len(val), n_test=len(test))
+    scores = dict(fold=fold, best_epoch=fit["best_epoch"], n_train=len(train), n_val=len(val), n_test=len(test),
+                  val_clips_seen_by_generators=seen_val)
     for split in ("val", "test"):
         logits = predict(model.to(d.device), datasets[split], cfg, d, precision)
         uar, war = uar_war(labels[split], logits.argmax(1)) if len(logits) else (0.0, 0.0)
@@ -292,15 +292,50 @@ def train_fold(cfg, clips, folds, streams, fold: int, run: Path, d) -> dict:
     return scores
 
 
-def load_streams(cfg, clips, loaded: list[Stream] | None = None) -> list[Stream]:
-    """The feature runs of cfg.features that cfg.modalities selects; `loaded` (all of them, read
-    once by the ablation) saves reading each run again for every setting."""
+def check_generators(streams, clip_ids: np.ndarray, fold: int, val, test) -> int:
+    """A stream from an image model fine-tuned on DFEW must not have seen this fold's test clips
+    (the error behind a wrong '{fold}'); it should not have trained on its validation clips
+    either (selection then favours the features' own overfit; counted and warned). Returns the
+    number of validation clips some generator trained on."""
+    seen_val = 0
+    for s in (s for s in streams if s.generator_split is not None):
+        learnt_from = set(s.generator_split["train"])
+        leaked = [c for c in clip_ids[test] if c in learnt_from | set(s.generator_split["val"])]
+        if leaked:
+            raise SystemExit(f"error: fold {fold}: {s.path} comes from an image model fine-tuned on "
+                             f"{len(leaked)} of this fold's {len(test)} test clips (e.g. {leaked[0]}); give "
+                             f"each fold its own run with a '{{fold}}' in the --features path")
+        trained = sum(c in learnt_from for c in clip_ids[val])
+        if trained:
+            warn(f"fold {fold}: {s.path}'s image model trained on {trained} of the {len(val)} validation "
+                 "clips; use the same --seed and --val-share as train_image.py --dataset dfew")
+        seen_val = max(seen_val, trained)
+    return seen_val
+
+
+def wanted_folds(cfg, folds: pd.DataFrame) -> list[int]:
+    if cfg.folds == "all":
+        return sorted(int(f) for f in folds["fold"].unique())
+    return [int(f) for f in cfg.folds.split(",")] if cfg.folds else [cfg.fold]
+
+
+def feature_paths(cfg, fold: int) -> list[str]:
+    """cfg.features for test fold `fold`: '{fold}' stands for it (a generator fine-tuned per fold)."""
+    return [run.replace("{fold}", str(fold)) for run in cfg.features]
+
+
+def load_streams(cfg, clips, fold: int, cache: dict | None = None) -> list[Stream]:
+    """The feature runs of cfg.features for `fold` that cfg.modalities selects. `cache` (path ->
+    Stream), shared by the folds and the ablation's settings, reads each run once."""
     if not cfg.features:
         raise SystemExit("error: --features RUN [RUN ...] is required (folders written by extract_features.py)")
-    for run in cfg.features:
-        if not is_complete(run):
-            raise SystemExit(f"error: {run}: not a complete feature run (no metrics.json); run extract_features.py")
-    streams = loaded if loaded is not None else [Stream(run, clips) for run in cfg.features]
+    cache = {} if cache is None else cache
+    for template, path in zip(cfg.features, feature_paths(cfg, fold)):
+        if path not in cache:
+            if not is_complete(path):
+                raise SystemExit(f"error: {path}: not a complete feature run (no metrics.json); run extract_features.py")
+            cache[path] = Stream(path, clips, name=Path(template).name)
+    streams = [cache[path] for path in feature_paths(cfg, fold)]
     if cfg.modalities:
         streams = [s for s in streams if s.name in cfg.modalities or s.kind in cfg.modalities]
         if not streams:
@@ -309,14 +344,18 @@ def load_streams(cfg, clips, loaded: list[Stream] | None = None) -> list[Stream]
     return sorted(streams, key=lambda s: s.kind != "image")
 
 
-def train(cfg, clips, folds, loaded: list[Stream] | None = None) -> dict:
+def train(cfg, clips, folds, cache: dict | None = None) -> dict:
     d = setup_distributed(cfg.device)
-    streams = load_streams(cfg, clips, loaded)
-    wanted = sorted(int(f) for f in folds["fold"].unique()) if cfg.folds == "all" else \
-        [int(f) for f in cfg.folds.split(",")] if cfg.folds else [cfg.fold]
+    wanted, cache = wanted_folds(cfg, folds), {} if cache is None else cache
+    missing = [p for f in wanted for p in feature_paths(cfg, f) if not is_complete(p)]
+    if missing:   # before any fold trains, not after four of them
+        raise SystemExit(f"error: {missing[0]}: not a complete feature run (no metrics.json); run extract_features.py"
+                         + (f" ({len(missing)} runs missing)" if len(missing) > 1 else ""))
+    streams = load_streams(cfg, clips, wanted[0], cache)
     root = run_dir(cfg.runs, "temporal", cfg.name, cfg.seed)
     log(f"{root}: {cfg.model} on {', '.join(f'{s.name} ({s.kind}, {s.dim})' for s in streams)}, folds {wanted}")
-    per_fold = [train_fold(cfg, clips, folds, streams, f, root / f"fold{f}", d) for f in wanted]
+    per_fold = [train_fold(cfg, clips, folds, load_streams(cfg, clips, f, cache), f, root / f"fold{f}", d)
+                for f in wanted]
     metrics = dict(model=cfg.model, streams=[s.name for s in streams], folds=per_fold,
                    **{f"mean_{k}": float(np.mean([m[k] for m in per_fold])) for k in ("test_uar", "test_war", "val_uar")})
     table(f"DFEW {cfg.model} ({' + '.join(s.name for s in streams)}): test fold UAR / WAR",
@@ -337,13 +376,13 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: {err.filename}: not found; run prepare_data.py --dataset dfew first")
     if not cfg.ablation:
         return train(cfg, clips, folds)
-    loaded = load_streams(replace(cfg, modalities=[]), clips)
-    kinds = [k for k in KINDS if k in {s.kind for s in load_streams(cfg, clips, loaded)}]
+    cache = {}   # every setting reads the same runs: once
+    kinds = [k for k in KINDS if k in {s.kind for s in load_streams(cfg, clips, wanted_folds(cfg, folds)[0], cache)}]
     settings = [("frame average", replace(cfg, model="frame_average", modalities=kinds[:1]))]
     settings += [(" + ".join(kinds[:i]), replace(cfg, model="temporal", modalities=kinds[:i]))
                  for i in range(1, len(kinds) + 1)]
     results = {label: train(replace(s, name=f"{cfg.name}-{label.replace(' + ', '+').replace(' ', '_')}"), clips, folds,
-                            loaded) for label, s in settings}
+                            cache) for label, s in settings}
     table(f"DFEW ablation (seed {cfg.seed}): mean over folds {[m['fold'] for m in next(iter(results.values()))['folds']]}",
           ["setting", "UAR", "WAR", "val UAR"],
           [[k, m["mean_test_uar"], m["mean_test_war"], m["mean_val_uar"]] for k, m in results.items()])
