@@ -15,7 +15,7 @@ FINETUNE ?= 0
 IMAGE_RUN := $(DEMO)/runs/image/demo_seed$(SEED)
 FEATURES := $(DEMO)/runs/features
 
-.PHONY: demo demo-affwild2 demo-dfew demo-dfew-finetune demo-image test bench clean-demo
+.PHONY: demo demo-affwild2 demo-dfew demo-dfew-data demo-dfew-finetune demo-image test bench clean-demo
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,11 @@ demo-affwild2: demo-image
 # DFEW, 5 folds: the frozen generators are the Aff-Wild2 demo's image model (the kit's own
 # fine-tuned model; ImageNet backbones need the hub), OpenPose keypoints and the log-mel of the
 # sound; then the modality ablation of the temporal model, with the per-fold tables.
-demo-dfew: demo-image
+demo-dfew-data: demo-image
 	$(PY) make_demo_data.py --dataset dfew --out $(DEMO)/dfew_raw --clips $(DFEW_CLIPS) --seed $(SEED) --jobs $(JOBS)
 	$(PY) prepare_data.py --dataset dfew --root $(DEMO)/dfew_raw --out $(DEMO)/data/dfew --jobs $(JOBS)
+
+demo-dfew: demo-dfew-data
 	$(PY) extract_features.py --data $(DEMO)/data/dfew --runs $(DEMO)/runs --modality image --checkpoint $(IMAGE_RUN)/best.pt
 	$(PY) extract_features.py --data $(DEMO)/data/dfew --runs $(DEMO)/runs --modality keypoints --openpose $(DEMO)/dfew_raw/openpose
 	$(PY) extract_features.py --data $(DEMO)/data/dfew --runs $(DEMO)/runs --modality audio
@@ -56,7 +58,7 @@ endif
 
 # FINETUNE=1: the image generator fine-tuned per fold (from the Aff-Wild2 demo model, as real
 # runs start from ImageNet), one run per fold, and the clip model on each fold's own features.
-demo-dfew-finetune: $(VENV)/.installed
+demo-dfew-finetune: demo-dfew-data
 	for fold in 1 2 3 4 5; do \
 		$(PY) train_image.py --dataset dfew --preset demo --data $(DEMO)/data/dfew --runs $(DEMO)/runs --fold $$fold \
 			--seed $(SEED) --pretrained-path $(IMAGE_RUN)/best.pt --lr 1e-3 --epochs 6 && \

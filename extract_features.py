@@ -9,11 +9,13 @@ Usage: python extract_features.py --data data/dfew --modality image --model resn
 
 Modalities (one run each, read by utils/temporal.py):
   image      a frozen timm backbone (ImageNet weights from the hub or --pretrained-path; the kit's
-             own fine-tuned image model with --checkpoint runs/image/<run>/best.pt, whose model
-             and input size come from the run's config.json): its pooled pre-logit feature of
-             every frame file. A frame that fails to decode is masked. A model fine-tuned on a
-             DFEW fold (train_image.py --dataset dfew --fold k) brings its split.json along as
-             generator_split.json: the clip model refuses it for any fold whose test clips it saw.
+             own fine-tuned image model with --checkpoint runs/image/<run>/best.pt, whose model,
+             input size and decode size come from the run's config.json, so frames go through
+             the resize chain it was trained with): its pooled pre-logit feature of every frame
+             file. A frame that fails to decode is masked. Weights fine-tuned on a DFEW fold
+             (train_image.py --dataset dfew --fold k), by --checkpoint or --pretrained-path,
+             bring the run's split.json along as generator_split.json: the clip model refuses
+             them for any fold whose test clips they learnt from.
   keypoints  OpenPose JSON from --openpose DIR/<clip>/*_keypoints.json (utils/openpose.py): the 25
              body and 70 face points as (x, y, c) in face-box coordinates, flattened to 285 values.
   audio      the mean log-mel (dB) of each frame's time span in data/audio/<clip>.npy; or, with
@@ -55,6 +57,7 @@ from utils.classes import NUM_DFEW_CLASSES, NUM_EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import WarningCounter, log, table, track
 from utils.data import keep_batch
+from utils.dfew import read_tables, weights_split
 from utils.engine import InputPipe, Rows, autocast, gather, pick_precision, setup_distributed, shard
 from utils.models import create_model, features_and_logits, load_weights, normalisation
 from utils.openpose import N_POINTS, read_keypoints
@@ -77,6 +80,8 @@ class FeatureConfig:
     pretrained_path: str | None = field(default=None, metadata={"help": "image: weights file, for offline use"})
     checkpoint: str | None = field(default=None, metadata={"help": "image: a train_image.py best.pt instead (its head is dropped)"})
     img_size: int = field(default=224, metadata={"help": "image: model input size"})
+    crop_size: int = field(default=0, metadata={"help": "image: decode size, resized to img_size on the device "
+                                                        "(0: img_size; with --checkpoint, the run's own)"})
     batch_size: int = 64
     workers: int = field(default=2, metadata={"help": "image: decoding processes"})
     precision: str = field(default="auto", metadata={"choices": ["auto", "fp32", "fp16", "bf16"]})
@@ -110,11 +115,8 @@ class FrameImages(Dataset):
 
 @torch.no_grad()
 def image_features(cfg, frames: pd.DataFrame, warnings, d) -> tuple[np.ndarray, np.ndarray]:
-    if cfg.checkpoint:   # the kit's own fine-tuned model: its head is dropped below
-        run_cfg = checkpoint_config(cfg)
-        if run_cfg:   # the run knows its backbone and input size better than the flags
-            cfg = replace(cfg, model=run_cfg["model"], img_size=run_cfg["img_size"])
-        classes = NUM_DFEW_CLASSES if run_cfg.get("dataset") == "dfew" else NUM_EXPR_CLASSES
+    if cfg.checkpoint:   # the kit's own fine-tuned model (cfg holds its settings): its head is dropped below
+        classes = NUM_DFEW_CLASSES if checkpoint_config(cfg).get("dataset") == "dfew" else NUM_EXPR_CLASSES
         model = create_model(cfg.model, classes, img_size=cfg.img_size)
         load_weights(model, cfg.checkpoint)
     else:
@@ -122,10 +124,10 @@ def image_features(cfg, frames: pd.DataFrame, warnings, d) -> tuple[np.ndarray, 
     model.eval().to(d.device)
     pipe, precision = InputPipe(*normalisation(model), cfg.img_size, d.device), pick_precision(d.device, cfg.precision)
     part = frames["path"].to_numpy()[shard(len(frames), d)]   # under torchrun each rank takes a shard
-    loader = DataLoader(FrameImages(part, cfg.img_size), batch_size=cfg.batch_size,
+    loader = DataLoader(FrameImages(part, cfg.crop_size or cfg.img_size), batch_size=cfg.batch_size,
                         num_workers=cfg.workers, pin_memory=d.device.type == "cuda")
     out = Rows(len(part), features=np.float16, ok=bool)
-    for images, good in track(loader, description="image features", unit="frames", scale=cfg.batch_size):
+    for images, good in track(loader, description="image features", unit="frames", scale=cfg.batch_size) if d.main else loader:
         with autocast(d.device, precision):
             f, _ = features_and_logits(model, pipe(images))
         out.add(features=f, ok=good)
@@ -139,6 +141,17 @@ def checkpoint_config(cfg) -> dict:
     """The config of the train_image.py run behind --checkpoint ({} if its config.json is gone)."""
     saved = Path(cfg.checkpoint).parent / "config.json"
     return read_json(saved)["config"] if saved.is_file() else {}
+
+
+def with_checkpoint_settings(cfg):
+    """The run behind --checkpoint knows its backbone, input and decode size better than the
+    flags: frames then go through the chain it was trained with (decode at its crop size, resize
+    on the device). Aff-Wild2 runs older than the crop_size setting decoded 112 px crops."""
+    run = checkpoint_config(cfg) if cfg.modality == "image" and cfg.checkpoint else {}
+    if not run:
+        return cfg
+    crop = run.get("crop_size") or (112 if run.get("dataset", "affwild2") == "affwild2" else run["img_size"])
+    return replace(cfg, model=run["model"], img_size=run["img_size"], crop_size=crop)
 
 
 def keypoint_features(cfg, frames: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +223,8 @@ def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnin
     windows = Subset(windows, shard(len(windows), d))
     out = Rows(len(windows), features=np.float16)
     loader = DataLoader(windows, batch_size=cfg.batch_size, collate_fn=keep_batch)
-    for spec, width, _ in track(loader, description="audio-branch windows", unit="windows", scale=cfg.batch_size):
+    batches = track(loader, description="audio-branch windows", unit="windows", scale=cfg.batch_size) if d.main else loader
+    for spec, width, _ in batches:
         with autocast(d.device, precision):
             f, _ = features_and_logits(model, pipe(spec, width))
         out.add(features=f)
@@ -254,7 +268,7 @@ def default_name(cfg) -> str:
 
 
 def main(argv=None) -> Path:
-    cfg = parse_config(FeatureConfig, argv, description=__doc__.split("\n")[0])
+    cfg = with_checkpoint_settings(parse_config(FeatureConfig, argv, description=__doc__.split("\n")[0]))
     run = Path(cfg.runs) / "features" / default_name(cfg)
     if is_complete(run) and not cfg.overwrite:
         log(f"{run} is complete (metrics.json); --overwrite extracts again")
@@ -263,24 +277,21 @@ def main(argv=None) -> Path:
     if d.main:
         (run / "metrics.json").unlink(missing_ok=True)
     try:
-        frames = pd.read_parquet(Path(cfg.data) / "frames.parquet")
-        clips = pd.read_parquet(Path(cfg.data) / "clips.parquet")
-    except FileNotFoundError as err:
-        raise SystemExit(f"error: {err.filename}: not found; run prepare_data.py --dataset dfew first")
+        frames, clips = read_tables(cfg.data, "frames", "clips")
+        # weights fine-tuned on a DFEW fold bring the clips they learnt from: the clip model checks them
+        weights = cfg.checkpoint or cfg.pretrained_path
+        split = weights_split(weights) if cfg.modality == "image" and weights else None
+    except DataError as err:
+        raise SystemExit(f"error: {err}")
     frames = frames.iloc[order_by_key(frames["clip"].to_numpy(), frames["frame"].to_numpy())]
     if cfg.frames == "eval":
         frames = frames[frames["eval_sample"]]
     frames = frames.reset_index(drop=True)
-    split = None
-    if cfg.modality == "image" and cfg.checkpoint and checkpoint_config(cfg).get("dataset") == "dfew":
-        split = Path(cfg.checkpoint).parent / "split.json"   # the clip model checks its folds against it
-        if not split.is_file():
-            raise SystemExit(f"error: {split}: not found; the clips a DFEW-fine-tuned model learnt from must be known")
     if d.main:
         save_config(run, asdict(cfg) | dict(name=default_name(cfg), world_size=d.world_size))
         (run / "generator_split.json").unlink(missing_ok=True)
         if split is not None:
-            write_json(run / "generator_split.json", read_json(split))
+            write_json(run / "generator_split.json", split)
     warnings, start = WarningCounter(), time.perf_counter()
     try:
         if cfg.modality == "image":

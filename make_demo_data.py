@@ -178,11 +178,11 @@ def main(argv=None):
     cfg = parse_config(DemoDataConfig, argv, description=__doc__.split("\n")[0])
     root = Path(cfg.out)
     if cfg.dataset == "dfew":   # the synthetic DFEW tree and its quirks: utils/synthetic_dfew.py
+        if not 0 <= cfg.openpose <= 1:
+            raise SystemExit(f"error: --openpose {cfg.openpose}: a share of the clips, 0..1")
         if (root / "dfew_manifest.json").exists():
             log(f"{root}: already generated (delete it to regenerate)")
             return
-        if not 0 <= cfg.openpose <= 1:
-            raise SystemExit(f"error: --openpose {cfg.openpose}: a share of the clips, 0..1")
         make_dfew(root, cfg.seed, cfg.clips, frames_16f=True, openpose=cfg.openpose, jobs=cfg.jobs)
         log(f"wrote a synthetic DFEW tree of {cfg.clips} clips to {root}")
         return

@@ -29,11 +29,11 @@ from utils.classes import DFEW_CLASSES, EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import log, table, warn
 from utils.data import ClassBalancedSampler, CropDataset, image_augmentation, load_frames, nearest_index, seed_worker
-from utils.dfew import clip_score, fold_frames
+from utils.dfew import clip_score, fold_frames, seen_clips, weights_split
 from utils.engine import InputPipe, Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
 from utils.models import create_model, features_and_logits, load_weights, normalisation
 from utils.preds import save_preds
-from utils.runs import is_complete, run_dir, save_config, seed_everything, write_json
+from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
 
 
 @dataclass
@@ -127,6 +127,24 @@ def predict_split(model, frames, cfg, pipe, d, precision) -> dict:
                 label=frames["label"].to_numpy(), has_crop=has_crop, logits=logits, features=feats)
 
 
+def check_dfew_split(cfg, run: Path, split: dict) -> dict:
+    """The fold's split, plus the clips that --pretrained-path weights fine-tuned on DFEW learnt
+    from ('inherited'): weights that saw this fold's test clips would leak them. A run already
+    trained on another split (other --seed or --val-share) is not silently re-described."""
+    source = weights_split(cfg.pretrained_path) if cfg.pretrained_path else None
+    if source is not None:
+        leaked = seen_clips(source) & set(split["test"])
+        if leaked:
+            raise DataError(f"{cfg.pretrained_path}: learnt from {len(leaked)} of fold {cfg.fold}'s test clips "
+                            f"(e.g. {min(leaked)}); start from weights that never saw them")
+        split["inherited"] = sorted(seen_clips(source))
+    saved = run / "split.json"
+    if saved.is_file() and not cfg.overwrite and read_json(saved) != split:
+        raise DataError(f"{saved}: this run was trained on another split; give its --seed, --val-share and "
+                        "--pretrained-path again, or --overwrite")
+    return split
+
+
 def main(argv=None):
     cfg = parse_config(ImageConfig, argv, description=__doc__.split("\n")[0], presets=PRESETS)
     dfew = cfg.dataset == "dfew"
@@ -145,6 +163,8 @@ def main(argv=None):
     precision = pick_precision(d.device, cfg.precision)
     try:
         frames, split = fold_frames(cfg.data, cfg.fold, cfg.val_share, cfg.seed) if dfew else (load_frames(cfg.data), None)
+        if dfew:
+            split = check_dfew_split(cfg, run, split)
     except DataError as err:
         raise SystemExit(f"error: {err}")
     model = create_model(cfg.model, len(classes), cfg.pretrained and not cfg.predict_only,
@@ -193,7 +213,8 @@ def main(argv=None):
         results[split] = preds
     if d.main and dfew:
         scored = {s: clip_score(r["txtid"], r["label"], r["logits"]) for s, r in results.items()}
-        table(f"{run.name}: clip UAR / WAR (mean logits of 16 frames)", ["split", "clips", "UAR", "WAR"],
+        table(f"{run.name}: clip UAR / WAR (mean logits of 16 frames{', flip TTA' if cfg.tta else ''})",
+              ["split", "clips", "UAR", "WAR"],
               [[s, v["clips"], v["uar"], v["war"]] for s, v in scored.items()])
         write_json(run / "metrics.json", {f"{s}_{k}": v[k] for s, v in scored.items() for k in ("uar", "war")}
                    | dict(fold=cfg.fold, best_epoch=best.get("epoch")))

@@ -213,6 +213,16 @@ def test_image_model_fine_tuned_on_a_fold_learns_only_from_its_training_clips(df
     assert set(split["val"]) == set(clips["clip"].to_numpy()[ours["val"]])
     with np.load(image / "preds" / "test.npz", allow_pickle=False) as preds:
         assert preds["logits"].shape[1] == 7 and len(preds["txtid"]) == 16 * len(split["test"])
+        keys = set(zip(preds["txtid"], preds["frame"]))
+    extracted = load(features)   # the 16 eval frames, 1-based positions: the same keys
+    assert keys == {(t, f) for t, f in zip(extracted["txtid"], extracted["frame"]) if t in set(split["test"])}
+    # Training drew from the frames of the training clips only: every frame of a class under
+    # the demo cap (500), the cap of the others.
+    frames = pd.read_parquet(dfew / "data" / "frames.parquet")
+    labels = clips.set_index("clip")["label"]
+    per_class = np.bincount(labels.loc[frames.loc[frames["clip"].isin(split["train"]), "clip"]], minlength=7)
+    drawn = json.loads((image / "log.jsonl").read_text().splitlines()[0])["drawn_per_class"]
+    assert drawn == np.minimum(per_class, 500).tolist()
     metrics = json.loads((image / "metrics.json").read_text())
     assert {"val_uar", "test_uar", "test_war"} <= set(metrics) and 0 <= metrics["test_uar"] <= 1
     assert json.loads((features / "generator_split.json").read_text()) == split
@@ -225,12 +235,15 @@ def test_clip_model_takes_each_folds_own_generator_and_refuses_a_leaking_one(dfe
     result = train(dfew, "ft", "--features", template, "--fold", "1", "--epochs", "2")
     assert result["streams"] == [Path(template).name] and result["folds"][0]["val_clips_seen_by_generators"] == 0
     # Fold 1's generator trained on most of fold 2's test clips: the test fold would leak.
-    with pytest.raises(SystemExit, match=r"fold 2: .*fold1_seed0 comes from an image model fine-tuned on \d+ of"):
+    with pytest.raises(SystemExit, match=r"fold 2: .*fold1_seed0 comes from an image model that learnt from \d+ of"):
         train(dfew, "leak", "--features", str(features), "--fold", "2", "--epochs", "2")
-    # A fold whose generator is missing stops the run before any fold trains.
+    # A fold whose generator is missing, or leaks, stops the run before any fold trains.
     with pytest.raises(SystemExit, match=r"fold2_seed0: not a complete feature run"):
         train(dfew, "gap", "--features", template, "--folds", "1,2", "--epochs", "2")
+    with pytest.raises(SystemExit, match=r"fold 2: .*fold1_seed0 comes from"):
+        train(dfew, "late", "--features", str(features), "--folds", "1,2", "--epochs", "2")
     assert not (dfew / "runs" / "temporal" / "gap_seed0" / "fold1").exists()
+    assert not (dfew / "runs" / "temporal" / "late_seed0" / "fold1").exists()
     # Another seed draws other validation clips, some of them the generator's training clips.
     other = train(dfew, "seed1", "--features", template, "--fold", "1", "--epochs", "2", "--seed", "1")
     assert other["folds"][0]["val_clips_seen_by_generators"] > 0
@@ -254,3 +267,22 @@ def test_torchrun_shards_extraction_and_rank_zero_writes_the_same_features(dfew,
     # Other batch boundaries, the same numbers up to float16 rounding.
     np.testing.assert_allclose(sharded["features"].astype(np.float32), single["features"].astype(np.float32),
                                rtol=1e-2, atol=1e-2)
+
+
+def test_fine_tuned_weights_cannot_leak_through_pretrained_path_or_a_changed_split(dfew, fine_tuned):
+    image, _ = fine_tuned
+    weights = str(image / "best.pt")
+    # The same weights as plain initial weights still carry the clips they learnt from.
+    run = extract(dfew, "--model", "test_efficientnet", "--img-size", "32", "--pretrained-path", weights,
+                  "--frames", "eval", "--workers", "0", "--name", "via-pretrained-path")
+    assert (run / "generator_split.json").is_file()
+    with pytest.raises(SystemExit, match="fold 2: .*via-pretrained-path comes from"):
+        train(dfew, "leak2", "--features", str(run), "--fold", "2", "--epochs", "2")
+    # Fine-tuning fold 2 from fold 1's weights would start from its test clips.
+    base = ["--dataset", "dfew", "--preset", "demo", "--data", str(dfew / "data"), "--runs", str(dfew / "runs"),
+            "--img-size", "32", "--epochs", "1"]
+    with pytest.raises(SystemExit, match=r"best.pt: learnt from \d+ of fold 2's test clips"):
+        train_image.main([*base, "--fold", "2", "--pretrained-path", weights])
+    # Re-predicting the run with another validation share would misstate what it trained on.
+    with pytest.raises(SystemExit, match="split.json: this run was trained on another split"):
+        train_image.main([*base, "--fold", "1", "--val-share", "0.3", "--predict-only"])

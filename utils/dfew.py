@@ -262,22 +262,46 @@ def fold_split(clips: pd.DataFrame, folds: pd.DataFrame, fold: int, val_share: f
     return dict(train=train_all[~is_val], val=train_all[is_val], test=test)
 
 
+def read_tables(data_dir, *names: str) -> list[pd.DataFrame]:
+    """<data_dir>/<name>.parquet of prepare_dfew for each name; a missing one is named."""
+    paths = [Path(data_dir) / f"{name}.parquet" for name in names]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: not found; run prepare_data.py --dataset dfew first")
+    return [pd.read_parquet(path) for path in paths]
+
+
+def weights_split(weights) -> dict | None:
+    """The split.json of the train_image.py --dataset dfew run a weights file comes from, with
+    every clip it learnt from (its train and val clips, and those of the run it started from);
+    None for weights that never saw DFEW labels."""
+    run = Path(weights).parent
+    config = run / "config.json"
+    if not config.is_file() or read_json(config)["config"].get("dataset") != "dfew":
+        return None
+    if not (run / "split.json").is_file():
+        raise DataError(f"{run / 'split.json'}: not found; the clips a DFEW-fine-tuned model learnt from must be known")
+    return read_json(run / "split.json")
+
+
+def seen_clips(split: dict) -> set:
+    """Clips a fine-tuned generator learnt from or was selected on."""
+    return set(split["train"]) | set(split["val"]) | set(split.get("inherited", []))
+
+
 def fold_frames(data_dir, fold: int, val_share: float, seed: int) -> tuple[pd.DataFrame, dict]:
     """The frames of fold `fold`'s labelled clips in the table train_image.py reads (txtid = clip,
     frame, crop_path, has_crop, label = the clip's label, split = train | val | test from
     fold_split, eval_sample), and the split's clip ids for split.json."""
-    data_dir = Path(data_dir)
-    try:
-        clips, folds, frames = (pd.read_parquet(data_dir / f"{name}.parquet") for name in ("clips", "folds", "frames"))
-    except FileNotFoundError as err:
-        raise DataError(f"{err.filename}: not found; run prepare_data.py --dataset dfew first") from None
+    clips, folds, frames = read_tables(data_dir, "clips", "folds", "frames")
     parts = fold_split(clips, folds, fold, val_share, seed)
     ids = {name: clips["clip"].to_numpy()[ix].tolist() for name, ix in parts.items()}
     split_of = pd.Series({clip: name for name, members in ids.items() for clip in members}, dtype=object)
     split = frames["clip"].map(split_of)
     frames = frames[split.notna()]
     return pd.DataFrame({
-        "txtid": frames["clip"].to_numpy(), "frame": frames["frame"].to_numpy(), "crop_path": frames["path"].to_numpy(),
+        # frame 1-based, as in every preds and features file (frames.parquet counts from 0)
+        "txtid": frames["clip"].to_numpy(), "frame": frames["frame"].to_numpy() + 1, "crop_path": frames["path"].to_numpy(),
         "has_crop": True, "label": frames["clip"].map(dict(zip(clips["clip"], clips["label"]))).to_numpy(np.int64),
         "split": split[split.notna()].to_numpy().astype(str), "eval_sample": frames["eval_sample"].to_numpy()}), ids
 

@@ -252,7 +252,7 @@ class Trainer:
                 self.bad_epochs += 1
             record = dict(epoch=epoch, train_loss=total_loss / max(seen, 1), lr=self.optimizer.param_groups[0]["lr"],
                           images_per_s=seen * d.world_size / seconds, seconds=seconds, replaced_crops=replaced,
-                          val_macro_f1=val["macro_f1"], val_per_class_f1=val["per_class_f1"],
+                          val_macro_f1=val["macro_f1"], selection_metric=self.metric, val_per_class_f1=val["per_class_f1"],
                           drawn_per_class=getattr(sampler, "draw_counts", np.array([])).tolist())
             if d.main:
                 if improved:

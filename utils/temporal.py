@@ -44,7 +44,7 @@ from utils.classes import DFEW_CLASSES, NUM_DFEW_CLASSES
 from utils.config import parse_config
 from utils.console import log, table, warn
 from utils.data import ClassBalancedSampler, keep_batch, nearest_index
-from utils.dfew import fold_split, sample_indices
+from utils.dfew import fold_split, read_tables, sample_indices, seen_clips
 from utils.engine import Rows, Trainer, autocast, pick_precision, setup_distributed
 from utils.metrics import per_class_f1, uar_war
 from utils.models import load_weights
@@ -105,10 +105,6 @@ class Stream:
         with np.load(run / "features.npz", allow_pickle=False) as f:
             txtid, frame, mask, feats = f["txtid"], f["frame"], f["mask"], f["features"]
         self.path, self.name, self.kind = run, name or run.name, read_json(run / "config.json")["config"]["modality"]
-        # The clips an image model fine-tuned on DFEW learnt from or was selected on (None: a
-        # generator that never saw DFEW labels); extract_features.py copies its split.json.
-        split = run / "generator_split.json"
-        self.generator_split = read_json(split) if split.is_file() else None
         # A zero row with mask False last: row -1 is 'nothing', without a branch.
         self.bank = torch.from_numpy(np.concatenate([feats, np.zeros((1, feats.shape[1]), feats.dtype)]))
         self.mask = torch.from_numpy(np.concatenate([mask, [False]]))
@@ -230,18 +226,15 @@ def predict(model, dataset, cfg, d, precision) -> np.ndarray:
     return out.get("logits", NUM_DFEW_CLASSES)
 
 
-def train_fold(cfg, clips, folds, streams, fold: int, run: Path, d) -> dict:
-    """Train on fold `fold`'s training clips minus a validation share; score its test clips."""
+def train_fold(cfg, clips, split: dict, streams, fold: int, run: Path, d, seen_val: int = 0) -> dict:
+    """Train on fold `fold`'s training clips (`split`: fold_split's rows), select on its
+    validation clips, score its test clips."""
     if is_complete(run) and not cfg.overwrite:
         return read_json(run / "metrics.json")
     for stale in ("last.pt", "best.pt", "log.jsonl", "metrics.json") if cfg.overwrite and d.main else ():
         (run / stale).unlink(missing_ok=True)
     seed_everything(cfg.seed * 100 + fold)
-    try:
-        train, val, test = fold_split(clips, folds, fold, cfg.val_share, cfg.seed).values()
-    except DataError as err:
-        raise SystemExit(f"error: {err}")
-    seen_val = check_generators(streams, clips["clip"].to_numpy(), fold, val, test)
+    train, val, test = split["train"], split["val"], split["test"]
     datasets = {s: ClipDataset(streams, clips, ix, s == "train", cfg.seed, cfg.n_frames)
                 for s, ix in (("train", train), ("val", val), ("test", test))}
     build = TemporalModel if cfg.model == "temporal" else FrameAverage
@@ -292,36 +285,50 @@ def train_fold(cfg, clips, folds, streams, fold: int, run: Path, d) -> dict:
     return scores
 
 
-def check_generators(streams, clip_ids: np.ndarray, fold: int, val, test) -> int:
-    """A stream from an image model fine-tuned on DFEW must not have seen this fold's test clips
-    (the error behind a wrong '{fold}'); it should not have trained on its validation clips
-    either (selection then favours the features' own overfit; counted and warned). Returns the
-    number of validation clips some generator trained on."""
-    seen_val = 0
-    for s in (s for s in streams if s.generator_split is not None):
-        learnt_from = set(s.generator_split["train"])
-        leaked = [c for c in clip_ids[test] if c in learnt_from | set(s.generator_split["val"])]
-        if leaked:
-            raise SystemExit(f"error: fold {fold}: {s.path} comes from an image model fine-tuned on "
-                             f"{len(leaked)} of this fold's {len(test)} test clips (e.g. {leaked[0]}); give "
-                             f"each fold its own run with a '{{fold}}' in the --features path")
-        trained = sum(c in learnt_from for c in clip_ids[val])
-        if trained:
-            warn(f"fold {fold}: {s.path}'s image model trained on {trained} of the {len(val)} validation "
-                 "clips; use the same --seed and --val-share as train_image.py --dataset dfew")
-        seen_val = max(seen_val, trained)
-    return seen_val
-
-
 def wanted_folds(cfg, folds: pd.DataFrame) -> list[int]:
     if cfg.folds == "all":
         return sorted(int(f) for f in folds["fold"].unique())
     return [int(f) for f in cfg.folds.split(",")] if cfg.folds else [cfg.fold]
 
 
-def feature_paths(cfg, fold: int) -> list[str]:
-    """cfg.features for test fold `fold`: '{fold}' stands for it (a generator fine-tuned per fold)."""
-    return [run.replace("{fold}", str(fold)) for run in cfg.features]
+def feature_paths(cfg, fold: int) -> list[tuple[str, str]]:
+    """(as given, for `fold`) for each run of cfg.features that cfg.modalities selects (by the
+    name as given or by kind): '{fold}' stands for the test fold (a generator fine-tuned per fold)."""
+    out = []
+    for template in cfg.features:
+        path = template.replace("{fold}", str(fold))
+        if not is_complete(path):
+            raise SystemExit(f"error: {path}: not a complete feature run (no metrics.json); run extract_features.py")
+        kind = read_json(Path(path) / "config.json")["config"]["modality"]
+        if not cfg.modalities or Path(template).name in cfg.modalities or kind in cfg.modalities:
+            out.append((template, path))
+    if not out:
+        raise SystemExit(f"error: --modalities {cfg.modalities} matches none of the feature runs")
+    return out
+
+
+def check_generators(cfg, clips, fold: int, split: dict, loud: bool = True) -> int:
+    """A feature run from an image model fine-tuned on DFEW must not have learnt from this fold's
+    test clips (the error behind a wrong '{fold}'), and should not have trained on its validation
+    clips (selection then favours the features' own overfit: counted, and warned about when
+    `loud`). Returns the most validation clips one generator trained on."""
+    ids, seen_val = clips["clip"].to_numpy(), 0
+    for _, path in feature_paths(cfg, fold):
+        saved = Path(path) / "generator_split.json"
+        if not saved.is_file():
+            continue
+        generator = read_json(saved)
+        leaked = seen_clips(generator).intersection(ids[split["test"]])
+        if leaked:
+            raise SystemExit(f"error: fold {fold}: {path} comes from an image model that learnt from "
+                             f"{len(leaked)} of this fold's {len(split['test'])} test clips (e.g. {min(leaked)}); "
+                             "give each fold its own run with a '{fold}' in the --features path")
+        trained = len((set(generator["train"]) | set(generator.get("inherited", []))).intersection(ids[split["val"]]))
+        if trained and loud:
+            warn(f"fold {fold}: {path}'s image model trained on {trained} of the {len(split['val'])} validation "
+                 "clips; use the same --seed and --val-share as train_image.py --dataset dfew")
+        seen_val = max(seen_val, trained)
+    return seen_val
 
 
 def load_streams(cfg, clips, fold: int, cache: dict | None = None) -> list[Stream]:
@@ -330,32 +337,39 @@ def load_streams(cfg, clips, fold: int, cache: dict | None = None) -> list[Strea
     if not cfg.features:
         raise SystemExit("error: --features RUN [RUN ...] is required (folders written by extract_features.py)")
     cache = {} if cache is None else cache
-    for template, path in zip(cfg.features, feature_paths(cfg, fold)):
+    streams = []
+    for template, path in feature_paths(cfg, fold):
         if path not in cache:
-            if not is_complete(path):
-                raise SystemExit(f"error: {path}: not a complete feature run (no metrics.json); run extract_features.py")
             cache[path] = Stream(path, clips, name=Path(template).name)
-    streams = [cache[path] for path in feature_paths(cfg, fold)]
-    if cfg.modalities:
-        streams = [s for s in streams if s.name in cfg.modalities or s.kind in cfg.modalities]
-        if not streams:
-            raise SystemExit(f"error: --modalities {cfg.modalities} matches none of the feature runs")
+        streams.append(cache[path])
     # The image run leads (the primary stream); the others keep their order.
     return sorted(streams, key=lambda s: s.kind != "image")
 
 
 def train(cfg, clips, folds, cache: dict | None = None) -> dict:
-    d = setup_distributed(cfg.device)
-    wanted, cache = wanted_folds(cfg, folds), {} if cache is None else cache
-    missing = [p for f in wanted for p in feature_paths(cfg, f) if not is_complete(p)]
-    if missing:   # before any fold trains, not after four of them
-        raise SystemExit(f"error: {missing[0]}: not a complete feature run (no metrics.json); run extract_features.py"
-                         + (f" ({len(missing)} runs missing)" if len(missing) > 1 else ""))
+    """Every wanted fold; `cache` (the ablation's) keeps the runs read, else a fold's own runs
+    are dropped once it is trained."""
+    d, wanted, own_cache = setup_distributed(cfg.device), wanted_folds(cfg, folds), cache is None
+    cache = {} if cache is None else cache
+    if not cfg.features:
+        raise SystemExit("error: --features RUN [RUN ...] is required (folders written by extract_features.py)")
+    # Every fold's runs, splits and generators are checked before any fold trains (or is reused).
+    try:
+        splits = {f: fold_split(clips, folds, f, cfg.val_share, cfg.seed) for f in wanted}
+    except DataError as err:
+        raise SystemExit(f"error: {err}")
+    seen_val = {f: check_generators(cfg, clips, f, splits[f], d.main) for f in wanted}
     streams = load_streams(cfg, clips, wanted[0], cache)
     root = run_dir(cfg.runs, "temporal", cfg.name, cfg.seed)
     log(f"{root}: {cfg.model} on {', '.join(f'{s.name} ({s.kind}, {s.dim})' for s in streams)}, folds {wanted}")
-    per_fold = [train_fold(cfg, clips, folds, load_streams(cfg, clips, f, cache), f, root / f"fold{f}", d)
-                for f in wanted]
+    per_fold = []
+    for f in wanted:
+        per_fold.append(train_fold(cfg, clips, splits[f], load_streams(cfg, clips, f, cache), f, root / f"fold{f}", d,
+                                   seen_val[f]))
+        if own_cache:
+            for template, path in feature_paths(cfg, f):
+                if path != template:
+                    cache.pop(path, None)
     metrics = dict(model=cfg.model, streams=[s.name for s in streams], folds=per_fold,
                    **{f"mean_{k}": float(np.mean([m[k] for m in per_fold])) for k in ("test_uar", "test_war", "val_uar")})
     table(f"DFEW {cfg.model} ({' + '.join(s.name for s in streams)}): test fold UAR / WAR",
@@ -370,10 +384,9 @@ def train(cfg, clips, folds, cache: dict | None = None) -> dict:
 def main(argv=None) -> dict:
     cfg = parse_config(TemporalConfig, argv, description=__doc__.split("\n")[0], presets=PRESETS)
     try:
-        clips = pd.read_parquet(Path(cfg.data) / "clips.parquet")
-        folds = pd.read_parquet(Path(cfg.data) / "folds.parquet")
-    except FileNotFoundError as err:
-        raise SystemExit(f"error: {err.filename}: not found; run prepare_data.py --dataset dfew first")
+        clips, folds = read_tables(cfg.data, "clips", "folds")
+    except DataError as err:
+        raise SystemExit(f"error: {err}")
     if not cfg.ablation:
         return train(cfg, clips, folds)
     cache = {}   # every setting reads the same runs: once
