@@ -359,9 +359,11 @@ def train(cfg, clips, folds, cache: dict | None = None) -> dict:
     except DataError as err:
         raise SystemExit(f"error: {err}")
     seen_val = {f: check_generators(cfg, clips, f, splits[f], d.main) for f in wanted}
-    streams = load_streams(cfg, clips, wanted[0], cache)
+    first = load_streams(cfg, clips, wanted[0], cache)
+    names, described = [s.name for s in first], ", ".join(f"{s.name} ({s.kind}, {s.dim})" for s in first)
+    del first   # no reference may keep a fold's own runs alive once they leave the cache
     root = run_dir(cfg.runs, "temporal", cfg.name, cfg.seed)
-    log(f"{root}: {cfg.model} on {', '.join(f'{s.name} ({s.kind}, {s.dim})' for s in streams)}, folds {wanted}")
+    log(f"{root}: {cfg.model} on {described}, folds {wanted}")
     per_fold = []
     for f in wanted:
         per_fold.append(train_fold(cfg, clips, splits[f], load_streams(cfg, clips, f, cache), f, root / f"fold{f}", d,
@@ -370,9 +372,9 @@ def train(cfg, clips, folds, cache: dict | None = None) -> dict:
             for template, path in feature_paths(cfg, f):
                 if path != template:
                     cache.pop(path, None)
-    metrics = dict(model=cfg.model, streams=[s.name for s in streams], folds=per_fold,
+    metrics = dict(model=cfg.model, streams=names, folds=per_fold,
                    **{f"mean_{k}": float(np.mean([m[k] for m in per_fold])) for k in ("test_uar", "test_war", "val_uar")})
-    table(f"DFEW {cfg.model} ({' + '.join(s.name for s in streams)}): test fold UAR / WAR",
+    table(f"DFEW {cfg.model} ({' + '.join(names)}): test fold UAR / WAR",
           ["fold", "UAR", "WAR", "val UAR", "best epoch"],
           [[m["fold"], m["test_uar"], m["test_war"], m["val_uar"], m["best_epoch"]] for m in per_fold]
           + [["mean", metrics["mean_test_uar"], metrics["mean_test_war"], metrics["mean_val_uar"], ""]])
