@@ -132,7 +132,7 @@ def image_features(cfg, frames: pd.DataFrame, warnings, d) -> tuple[np.ndarray, 
             f, _ = features_and_logits(model, pipe(images))
         out.add(features=f, ok=good)
     ok = gather(out.get("ok"), d)
-    for path in frames["path"].to_numpy()[~ok]:
+    for path in frames["path"].to_numpy()[~ok] if d.main else ():
         warnings("unreadable frame", f"{path}: not a readable image; frame masked")
     return gather(out.get("features", model.num_features), d), ok
 
