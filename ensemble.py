@@ -23,7 +23,7 @@ from rich.console import Console
 from utils.affwild2 import DataError
 from utils.classes import EXPR_CLASSES, NUM_EXPR_CLASSES
 from utils.config import parse_config, to_dict
-from utils.console import log, table, warn
+from utils.console import cli, log, table, warn
 from utils.ensemble import (SMOOTH_METHODS, SearchOptions, apply_spec, group_runs, honest_estimate,
                             load_members, predict, tune)
 from utils.metrics import expr_confusion, per_class_f1
@@ -204,4 +204,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

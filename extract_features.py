@@ -41,6 +41,7 @@ ordered by (txtid, frame); np.load(path, allow_pickle=False):
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -52,19 +53,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from utils.affwild2 import DataError
-from utils.audio import AudioPipe, WindowDataset, log_mel, stack_bank, window_columns
+from utils.audio import (AudioPipe, WindowDataset, frame_start_seconds, load_frame_times, log_mel, stack_bank,
+                         window_columns, window_columns_timed)
 from utils.classes import NUM_DFEW_CLASSES, NUM_EXPR_CLASSES
 from utils.config import parse_config
-from utils.console import WarningCounter, log, table, track
+from utils.console import WarningCounter, cli, log, table, track
 from utils.data import keep_batch
-from utils.dfew import read_tables, weights_split
+from utils.dfew import clip_id, read_tables, weights_split
 from utils.engine import InputPipe, Rows, autocast, gather, pick_precision, setup_distributed, shard
+from utils.files import listdir
 from utils.models import create_model, features_and_logits, load_weights, normalisation
-from utils.openpose import N_POINTS, read_keypoints
+from utils.openpose import KNOWN_KEYS, N_POINTS, KeypointStats, read_keypoints
 from utils.preds import order_by_key
 from utils.runs import is_complete, read_json, save_config, save_npz, write_json
 
 cv2.setNumThreads(1)
+FLAT_KEYPOINTS = re.compile(r"^(\d+)_(\d+)_keypoints\.json$", re.IGNORECASE)
 
 
 @dataclass
@@ -154,19 +158,70 @@ def with_checkpoint_settings(cfg):
     return replace(cfg, model=run["model"], img_size=run["img_size"], crop_size=crop)
 
 
+def keypoint_files(root: Path) -> dict[str, dict[int, Path] | None]:
+    """OpenPose output per clip: a folder per clip (<root>/<clip>/*_keypoints.json; None here, the
+    reader lists it) and/or one flat folder of every clip's files named <clip>_<number>_keypoints.json
+    (OpenPose run on Clip/original/*.mp4 into one --write_json folder)."""
+    entries = listdir(root)
+    found: dict[str, dict[int, Path] | None] = {clip_id(e.name): None for e in entries
+                                                  if e.is_dir() and clip_id(e.name)}
+    for entry in entries:
+        m = FLAT_KEYPOINTS.match(entry.name)
+        if m and found.get(clip_id(m.group(1)), {}) is not None:   # a clip's own folder wins
+            found.setdefault(clip_id(m.group(1)), {})[int(m.group(2))] = Path(entry.path)
+    return found
+
+
 def keypoint_features(cfg, frames: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
-    if not Path(cfg.openpose).is_dir():
+    root = Path(cfg.openpose)
+    if not root.is_dir():
         raise DataError(f"{cfg.openpose or '--openpose'}: OpenPose output folder not found")
+    per_clip, stats = keypoint_files(root), KeypointStats()
     feats = np.zeros((len(frames), N_POINTS * 3), np.float16)
     mask = np.zeros(len(frames), bool)
-    for clip, rows in track(frames.groupby("clip", sort=False).indices.items(), description="keypoints"):
-        folder = Path(cfg.openpose) / clip
-        if not folder.is_dir():   # OpenPose not run on this clip: one warning, not one per frame
-            warnings("no openpose folder", f"{folder}: no OpenPose output; clip {clip} masked")
+    for clip, rows in track(frames.groupby("clip", sort=False).indices.items(), description="keypoints", unit="clips"):
+        if clip not in per_clip:   # OpenPose not run on this clip: one warning, not one per frame
+            warnings("no openpose folder", f"{root / clip}: no OpenPose output; clip {clip} masked")
             continue
-        points, mask[rows] = read_keypoints(folder, frames["number"].to_numpy()[rows], warnings)
+        points, mask[rows] = read_keypoints(root / clip, frames["number"].to_numpy()[rows], warnings,
+                                            files=per_clip[clip], stats=stats)
         feats[rows] = points.reshape(len(rows), -1)
+    if not stats.found:
+        raise DataError(f"{root}: no *_keypoints.json file for any of the {frames['clip'].nunique()} clips "
+                        "(expected <clip>/<name>_<number>_keypoints.json or <clip>_<number>_keypoints.json)")
+    if not stats.files:
+        raise DataError(f"{root}: none of the {stats.found} *_keypoints.json files is OpenPose JSON "
+                        f"(first: {stats.first_error})")
+    if not stats.points:
+        raise DataError(f"{root}: {stats.files} OpenPose files read, but not one keypoint in them: the people "
+                        f"hold the keys {sorted(stats.keys)[:8]}, the kit reads {list(KNOWN_KEYS)}")
     return feats, mask
+
+
+def clip_sound(row, rate: int, warnings) -> np.ndarray | None:
+    """A clip's decoded sound (utils.media: finite mono float32), or None (counted) without one."""
+    if not row["has_audio"]:
+        warnings("no audio", f"clip {row.name} has no sound; masked")
+        return None
+    try:
+        return np.load(row["audio_path"], allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{row['audio_path']}: cannot be read ({err}); run prepare_data.py --force") from None
+
+
+def clip_clock(row, rate: int) -> tuple[np.ndarray | None, float]:
+    """A clip's frame times (when its video has a variable rate and one frame per frame file) and
+    its average fps. DFEW stores no frame rate: without frame times a clip's n frames are spread
+    evenly over its sound, frame k covering [k, k + 1) * duration / n, which equals k / fps when
+    the frames are the whole clip, as in DFEW's clip_224x224."""
+    seconds = row["audio_samples"] / rate
+    fps = row["n_frames"] / seconds if seconds > 0 else 25.0
+    return (load_frame_times(row["frame_times"]) if row.get("frame_times") else None), fps
+
+
+def start_seconds(position: np.ndarray, times: np.ndarray | None, fps: float) -> np.ndarray:
+    """When the frames at `position` (0-based, in numeric file order) start, in seconds."""
+    return frame_start_seconds(position + 1, times, fps) if times is not None else position / fps
 
 
 def audio_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
@@ -174,17 +229,19 @@ def audio_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> 
     feats = np.zeros((len(frames), cfg.n_mels), np.float16)
     mask = np.zeros(len(frames), bool)
     info = clips.set_index("clip")
-    for clip, rows in track(frames.groupby("clip", sort=False).indices.items(), description="audio features"):
+    for clip, rows in track(frames.groupby("clip", sort=False).indices.items(), description="audio features",
+                            unit="clips"):
         row = info.loc[clip]
-        if not row["has_audio"]:
-            warnings("no audio", f"clip {clip} has no sound; masked")
+        samples = clip_sound(row, rate, warnings)
+        if samples is None:
             continue
-        spec = log_mel(np.load(row["audio_path"]), rate, cfg.n_fft, cfg.hop, cfg.n_mels).astype(np.float32)
+        spec = log_mel(samples, rate, cfg.n_fft, cfg.hop, cfg.n_mels).astype(np.float32)
         # Column j is centred at j * hop / rate seconds; frame k takes the columns in its span.
-        seconds_per_frame = row["audio_samples"] / rate / row["n_frames"]
         position = frames["frame"].to_numpy()[rows]
-        lo = np.ceil(position * seconds_per_frame * rate / cfg.hop).astype(int)
-        hi = np.maximum(lo + 1, np.ceil((position + 1) * seconds_per_frame * rate / cfg.hop).astype(int))
+        times, fps = clip_clock(row, rate)
+        begin, end = start_seconds(position, times, fps), start_seconds(position + 1, times, fps)
+        lo = np.ceil(begin * rate / cfg.hop).astype(int)
+        hi = np.maximum(lo + 1, np.ceil(end * rate / cfg.hop).astype(int))
         lo, hi = np.minimum(lo, spec.shape[1] - 1), np.minimum(hi, spec.shape[1])
         cumulative = np.concatenate([np.zeros((cfg.n_mels, 1)), np.cumsum(spec, 1)], 1)
         feats[rows] = ((cumulative[:, hi] - cumulative[:, lo]) / np.maximum(hi - lo, 1)).T
@@ -200,21 +257,25 @@ def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnin
     saved = read_json(run / "config.json")["config"]
     rate = int(read_json(Path(cfg.data) / "meta.json")["sample_rate"])
     info = clips.set_index("clip").loc[frames["clip"].unique()]
+    lengths, hop_seconds = saved["window_frames"], saved["hop"] / rate
     parts = []   # one spectrogram per clip, in memory: DFEW's clips are seconds long
-    for clip, row in track(list(info.iterrows()), description="spectrograms"):
-        if row["has_audio"]:
-            parts.append(log_mel(np.load(row["audio_path"]), rate, saved["n_fft"], saved["hop"], saved["n_mels"]).T)
-        else:
-            warnings("no audio", f"clip {clip} has no sound; masked")
-            parts.append(np.zeros((0, saved["n_mels"]), np.float16))
+    starts = np.zeros((len(frames), len(lengths)), np.int64)
+    widths = np.ones((len(frames), len(lengths)), np.int64)
+    groups = frames.groupby("clip", sort=False).indices
+    for clip, row in track(list(info.iterrows()), description="spectrograms", unit="clips"):
+        samples = clip_sound(row, rate, warnings)
+        parts.append(np.zeros((0, saved["n_mels"]), np.float16) if samples is None else
+                     log_mel(samples, rate, saved["n_fft"], saved["hop"], saved["n_mels"]).T)
+        rows = groups[clip]
+        frame = frames["frame"].to_numpy()[rows] + 1
+        times, fps = clip_clock(row, rate)
+        for j, n in enumerate(lengths):
+            starts[rows, j], widths[rows, j] = (window_columns_timed(frame, times, fps, n, hop_seconds)
+                                                if times is not None else window_columns(frame, fps, n, hop_seconds))
     bank, offset, n_columns = stack_bank(parts, saved["n_mels"])
     clip_of = pd.Series(np.arange(len(info)), index=info.index).reindex(frames["clip"]).to_numpy()
-    seconds = info["audio_samples"].to_numpy(np.float64) / rate
-    fps = np.where(seconds > 0, info["n_frames"].to_numpy() / np.maximum(seconds, 1e-9), 25.0)[clip_of]
-    lengths = saved["window_frames"]
-    starts, widths = zip(*(window_columns(frames["frame"].to_numpy() + 1, fps, n, saved["hop"] / rate) for n in lengths))
-    windows = WindowDataset(bank, offset, n_columns, np.repeat(clip_of, len(lengths)), np.stack(starts, 1).reshape(-1),
-                            np.stack(widths, 1).reshape(-1), np.zeros(len(frames) * len(lengths)))
+    windows = WindowDataset(bank, offset, n_columns, np.repeat(clip_of, len(lengths)), starts.reshape(-1),
+                            widths.reshape(-1), np.zeros(len(frames) * len(lengths)))
     model = create_model(saved["model"], NUM_EXPR_CLASSES, img_size=saved["img_size"], in_chans=1)
     load_weights(model, run / "best.pt")
     model.eval().to(d.device)
@@ -233,30 +294,41 @@ def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnin
 
 
 def extra_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of <clip>.npy (the 5-digit or the plain clip number) for each frame. A row with a NaN
+    or infinite value masks its frame (counted, naming the file): external generators write NaN
+    where they found no face. A file that is not a numeric (n_frames, D) array is a DataError."""
     folder = Path(cfg.extra_dir)
     if not folder.is_dir():
         raise DataError(f"{cfg.extra_dir or '--extra-dir'}: folder of <clip>.npy arrays not found")
+    files = {clip_id(Path(e.name).stem): Path(e.path) for e in listdir(folder)
+             if e.name.lower().endswith(".npy") and clip_id(Path(e.name).stem)}
     n_frames = dict(zip(clips["clip"], clips["n_frames"]))
     parts, width = {}, None
     for clip, rows in frames.groupby("clip", sort=False).indices.items():
-        path = folder / f"{clip}.npy"
-        if not path.is_file():
-            warnings("no extra file", f"{path}: not found; clip {clip} masked")
+        path = files.get(clip)
+        if path is None:
+            warnings("no extra file", f"{folder / clip}.npy: not found; clip {clip} masked")
             continue
-        array = np.load(path, allow_pickle=False)
-        if array.ndim != 2 or len(array) != n_frames[clip]:
-            raise DataError(f"{path}: shape {array.shape}, expected ({n_frames[clip]}, D): one row per "
-                            f"frame file of clip {clip}, in numeric order")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: not a readable .npy array ({err})") from None
+        if array.ndim != 2 or len(array) != n_frames[clip] or array.dtype.kind not in "fiub":
+            raise DataError(f"{path}: shape {array.shape} ({array.dtype}), expected a numeric "
+                            f"({n_frames[clip]}, D): one row per frame file of clip {clip}, in numeric order")
         if width is not None and array.shape[1] != width:
             raise DataError(f"{path}: {array.shape[1]} columns, the other clips have {width}")
-        if not np.isfinite(array).all():
-            raise DataError(f"{path}: holds NaN or infinite values")
-        width, parts[clip] = array.shape[1], (rows, array[frames["frame"].to_numpy()[rows]])
+        values = array[frames["frame"].to_numpy()[rows]].astype(np.float32)
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            warnings("extra non-finite", f"{path}: {int((~finite).sum())} of its frames hold NaN or infinite "
+                     "values; those frames are masked", int((~finite).sum()))
+        width, parts[clip] = array.shape[1], (rows, np.where(finite[:, None], values, 0.0), finite)
     if width is None:
         raise DataError(f"{folder}: no <clip>.npy for any of the {len(n_frames)} clips")
     feats, mask = np.zeros((len(frames), width), np.float16), np.zeros(len(frames), bool)
-    for rows, values in parts.values():
-        feats[rows], mask[rows] = values, True
+    for rows, values, finite in parts.values():
+        feats[rows], mask[rows] = values, finite
     return feats, mask
 
 
@@ -325,4 +397,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -27,7 +27,7 @@ from PIL import Image
 from utils.synthetic_dfew import make_dfew
 from utils.classes import EXPR_HEADER, EXPR_TEMPLATE_HEADER, NUM_EXPR_CLASSES
 from utils.config import parse_config
-from utils.console import log, table
+from utils.console import cli, log, table
 from utils.runs import write_json, write_text
 from utils.synthetic import FaceRenderer, expression_track, voice_track, write_video
 
@@ -210,4 +210,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

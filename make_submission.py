@@ -23,7 +23,7 @@ import pandas as pd
 from utils.affwild2 import DataError, read_release_list, read_template
 from utils.classes import EXPR_CLASSES, NUM_EXPR_CLASSES
 from utils.config import parse_config
-from utils.console import log, table
+from utils.console import cli, log, table
 from utils.ensemble import Member, apply_spec, load_members
 from utils.preds import check_same_frames, order_by_key
 from utils.runs import read_json
@@ -154,4 +154,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
@@ -30,8 +29,9 @@ from utils.audio import ensure_spectrograms
 from utils.dfew import prepare_dfew
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
-from utils.console import WarningCounter, log, table, track
-from utils.media import decode_audio, probe_video
+from utils.console import WarningCounter, cli, log, table, track
+from utils.files import IMAGE_EXTENSIONS
+from utils.media import prepare_media, report_media
 from utils.runs import read_json, save_npy, save_parquet, write_json
 
 
@@ -40,40 +40,16 @@ class PrepareConfig:
     root: str = field(default="", metadata={"help": "the dataset as distributed (walked recursively)"})
     out: str = field(default="data/affwild2", metadata={"help": "folder for the tables and audio"})
     dataset: str = field(default="affwild2", metadata={"choices": ["affwild2", "dfew"]})
-    dfew_frames: str = field(default="auto", metadata={"help": "DFEW frame folder: auto, clip_224x224 or clip_224x224_16f"})
+    dfew_frames: str = field(default="auto", metadata={"help": "DFEW frame folder: auto, or its name (clip_224x224, "
+                                                                 "clip_224x224_16f, jpg_256, ...)"})
+    export_annotations: str = field(default="", metadata={"help": "DFEW: also write the folds as DFER-CLIP and "
+                                                                  "MAE-DFER annotation lists into this folder"})
     sample_rate: int = field(default=16000, metadata={"help": "rate of the decoded audio, Hz"})
     n_fft: int = field(default=2048, metadata={"help": "log-mel spectrogram window, samples"})
     hop: int = field(default=1024, metadata={"help": "log-mel spectrogram hop, samples"})
     n_mels: int = field(default=128, metadata={"help": "log-mel spectrogram bands"})
     jobs: int = field(default=2, metadata={"help": "videos decoded in parallel"})
     force: bool = field(default=False, metadata={"help": "decode audio again even if cached"})
-
-
-def prepare_video(videoid: str, path: Path, out: Path, sample_rate: int, force: bool) -> dict:
-    """Probe one container and cache its audio. Runs in a worker process; never raises."""
-    info_path = out / "audio" / f"{videoid}.json"
-    if info_path.exists() and not force:
-        info = read_json(info_path)
-        if info.get("path") == str(path) and info.get("sample_rate") == sample_rate:
-            return info
-    info = dict(videoid=videoid, path=str(path), sample_rate=sample_rate, audio_path="",
-                audio_samples=0, corrupt_packets=0, error="")
-    try:
-        meta = probe_video(path)
-        info.update(fps=meta.fps, n_frames=meta.n_frames, duration=meta.duration,
-                    has_audio=meta.has_audio, audio_offset=meta.audio_offset)
-        if meta.has_audio:
-            samples, corrupt = decode_audio(path, sample_rate, meta.audio_offset)
-            audio_path = out / "audio" / f"{videoid}.npy"
-            save_npy(audio_path, samples)
-            info.update(audio_path=str(audio_path), audio_samples=len(samples),
-                        corrupt_packets=corrupt, has_audio=len(samples) > 0)
-    except (av.FFmpegError, OSError, ValueError) as err:
-        info.update(fps=float("nan"), n_frames=0, duration=0.0, has_audio=False,
-                    audio_offset=0.0, error=f"{type(err).__name__}: {err}")
-        return info  # not cached: a fixed file is tried again on the next run
-    write_json(info_path, info)
-    return info
 
 
 def test_frames(layout, release: list[str], template: pd.DataFrame | None, videos: dict,
@@ -104,10 +80,17 @@ def index_frames(layout, release, template, videos: dict, warnings) -> pd.DataFr
         warnings("label", f"{path}:{number}: label '{text}' is not an integer in -1..7; "
                  "using -1 (ignored)")
 
+    def clash(number, kept, dropped):
+        warnings("duplicate crop", f"{dropped}: a second image of frame {number} (first: {kept}); using the first")
+
+    def seven_classes(path):
+        warnings("7 classes", f"{path}: ABAW 2020-21 label file (7 classes, no Other): read with the same "
+                 "ids; Other never occurs, and macro-F1 still averages the 8 classes")
+
     sources = []  # (split, txtid, frames, labels, template rows)
     for split in ("train", "val"):
         for txtid, path in sorted(layout.annotations[split].items()):
-            labels = affwild2.read_labels(path, bad_line)
+            labels = affwild2.read_labels(path, bad_line, seven_classes)
             sources.append((split, txtid, np.arange(1, len(labels) + 1), labels, None, path))
     tests = test_frames(layout, release, template, videos, warnings)
     for txtid, rows in tests.groupby("txtid", sort=True):
@@ -116,7 +99,7 @@ def index_frames(layout, release, template, videos: dict, warnings) -> pd.DataFr
                         rows.template_row.to_numpy(), layout.template or layout.release_list))
     parts = []
     for split, txtid, frame, labels, template_row, source in track(sources, description="indexing"):
-        crop_frames, crop_paths = affwild2.list_crops(layout.crop_dirs.get(txtid, []))
+        crop_frames, crop_paths = affwild2.list_crops(layout.crop_dirs.get(txtid, []), clash)
         has_video = affwild2.videoid_of(txtid) in videos
         if not len(crop_frames) and not has_video:
             if split == "test":
@@ -124,7 +107,7 @@ def index_frames(layout, release, template, videos: dict, warnings) -> pd.DataFr
             warnings("unusable", f"{source}: no crops and no video for {txtid}; left out")
             continue
         if not has_video:
-            warnings("no video", f"{source}: no video {affwild2.videoid_of(txtid)}.mp4/.avi "
+            warnings("no video", f"{source}: no video {affwild2.videoid_of(txtid)}.<mp4, avi, mkv, ...> "
                      f"under the root for {txtid}; its audio is treated as silent")
         beyond = int((crop_frames > frame.max()).sum()) if len(frame) else 0
         if beyond > 2:   # one or two are normal: label lines and frames differ by -1..+2
@@ -133,8 +116,17 @@ def index_frames(layout, release, template, videos: dict, warnings) -> pd.DataFr
         columns["split"] = split
         columns["template_row"] = template_row if template_row is not None else -1
         parts.append(pd.DataFrame(columns))
+    if not parts:
+        raise DataError(f"{layout.root}: none of the {len(sources)} txtids has crops or a video")
     order = ["split", "txtid", "videoid", "frame", "label", "has_crop", "crop_path", "template_row"]
     frames = pd.concat(parts, ignore_index=True)[order]
+    if not frames["has_crop"].any():
+        names = sorted(layout.crop_dirs)[:3]
+        warnings("no crops", f"{layout.root}: NO FACE CROP FOUND. Searched {layout.folders_searched:,} folders for "
+                 f"folders named like the txtids (e.g. {sources[0][1]}) holding numbered images "
+                 f"({', '.join(IMAGE_EXTENSIONS)}, any case)"
+                 + (f"; folders of numbered images found have other names (e.g. {', '.join(names)})" if names else
+                    "; none holds numbered images") + ". The image branch cannot train; audio-only use stays possible")
     frames["split"] = pd.Categorical(frames["split"], ["train", "val", "test"])
     return frames.sort_values(["split", "txtid", "frame"], ignore_index=True)
 
@@ -149,6 +141,7 @@ def print_summary(counts: dict, warnings: dict) -> None:
            ["  -1 (ignored)", *[counts[s]["ignored"] for s in splits]],
            ["missing crops", *[counts[s]["missing_crops"] for s in splits]],
            ["videos without audio", *[counts[s]["videos_without_audio"] for s in splits]],
+           ["variable frame rate videos", *[counts[s]["vfr_videos"] for s in splits]],
            ["txtids without a video", *[counts[s]["txtids_without_video"] for s in splits]]])
     if warnings:
         table("Warnings", ["kind", "count"], [[k, v] for k, v in warnings.items()])
@@ -161,7 +154,8 @@ def main(argv=None):
     out = Path(cfg.out)
     if cfg.dataset == "dfew":   # DESIGN.md section 6: clips, folds, frames and clip audio
         try:
-            prepare_dfew(cfg.root, out, cfg.jobs, cfg.sample_rate, cfg.force, cfg.dfew_frames)
+            prepare_dfew(cfg.root, out, cfg.jobs, cfg.sample_rate, cfg.force, cfg.dfew_frames,
+                         export=cfg.export_annotations)
         except DataError as err:
             raise SystemExit(f"error: {err}")
         return
@@ -170,6 +164,8 @@ def main(argv=None):
         layout = affwild2.scan(Path(cfg.root).resolve())
         for first, second in layout.duplicates:
             warnings("duplicate", f"{second}: same txtid as {first}; using the first")
+        for first, second in layout.duplicate_videos:
+            warnings("duplicate video", f"{second}: same videoid as {first}; using the first")
         release = affwild2.read_release_list(layout.release_list) if layout.release_list else []
         template = affwild2.read_template(layout.template) if layout.template else None
         txtids = {t for split in layout.annotations.values() for t in split} | set(release)
@@ -178,39 +174,40 @@ def main(argv=None):
         needed = sorted({affwild2.videoid_of(t) for t in txtids})
         found = [(v, layout.videos[v]) for v in needed if v in layout.videos]
         results = Parallel(n_jobs=cfg.jobs, return_as="generator_unordered")(
-            delayed(prepare_video)(v, p, out, cfg.sample_rate, cfg.force) for v, p in found)
+            delayed(prepare_media)(v, p, out, cfg.sample_rate, cfg.force) for v, p in found)
         videos = {}
-        for info in track(results, total=len(found), description="decoding audio"):
-            if info["error"]:
-                warnings("video", f"{info['path']}: unreadable ({info['error']}); treated as silent")
-            elif not info["has_audio"]:
-                warnings("no audio", f"{info['path']}: no audio stream; treated as silent")
-            elif info["corrupt_packets"]:
-                warnings("corrupt audio", f"{info['path']}: {info['corrupt_packets']} corrupt audio "
-                         "packets skipped")
-            videos[info["videoid"]] = info
+        for info in track(results, total=len(found), description="decoding audio", unit="videos"):
+            report_media(info, warnings)
+            videos[info["key"]] = info
         frames = index_frames(layout, release, template,
                               {v: i for v, i in videos.items() if not i["error"]}, warnings)
     except DataError as err:
         raise SystemExit(f"error: {err}")
-    video_table = pd.DataFrame(sorted(videos.values(), key=lambda i: i["videoid"]),
+    video_table = pd.DataFrame(sorted(({"videoid": k} | i for k, i in videos.items()), key=lambda i: i["videoid"]),
                                columns=["videoid", "path", "fps", "n_frames", "duration", "has_audio",
                                         "audio_path", "audio_samples", "audio_offset", "sample_rate",
-                                        "corrupt_packets", "error"])
-    video_table["has_audio"] = video_table["has_audio"].astype(bool)
+                                        "channels", "source_rate", "codec", "vfr", "frame_times",
+                                        "corrupt_packets", "nonfinite_samples", "error"])
+    for column in ("has_audio", "vfr"):
+        video_table[column] = video_table[column].fillna(False).astype(bool)
     counts = affwild2.split_counts(frames, video_table)
     save_parquet(out / "frames.parquet", frames)
     save_parquet(out / "videos.parquet", video_table)
-    write_json(out / "meta.json", dict(
-        dataset=cfg.dataset, root=str(layout.root), sample_rate=cfg.sample_rate,
-        template=str(layout.template) if layout.template else None,
-        release_list=str(layout.release_list) if layout.release_list else None,
-        classes=list(EXPR_CLASSES), counts=counts, warnings=warnings.summary()))
+    meta = dict(dataset=cfg.dataset, root=str(layout.root), sample_rate=cfg.sample_rate,
+                template=str(layout.template) if layout.template else None,
+                release_list=str(layout.release_list) if layout.release_list else None,
+                classes=list(EXPR_CLASSES), counts=counts, warnings=warnings.summary())
+    write_json(out / "meta.json", meta)   # the spectrograms read its sample rate
+    try:
+        spec = ensure_spectrograms(out, cfg.n_fft, cfg.hop, cfg.n_mels, jobs=cfg.jobs, force=cfg.force,
+                                   warnings=warnings)
+    except DataError as err:
+        raise SystemExit(f"error: {err}")
+    write_json(out / "meta.json", meta | dict(warnings=warnings.summary()))
     print_summary(counts, warnings.summary())
-    spec = ensure_spectrograms(out, cfg.n_fft, cfg.hop, cfg.n_mels, jobs=cfg.jobs, force=cfg.force)
     log(f"wrote {out}/frames.parquet ({len(frames):,} frames), videos.parquet ({len(video_table)} videos), "
         f"audio/, {spec.relative_to(out)}/ (log-mel) and meta.json")
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -21,11 +21,11 @@ from utils.audio import (AudioPipe, WindowDataset, bank_stats, ensure_spectrogra
                          pure_windows, spec_folder)
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
-from utils.console import log, table
-from utils.data import ClassBalancedSampler, keep_batch, load_frames, load_videos, nearest_index
+from utils.console import cli, log, table
+from utils.data import ClassBalancedSampler, keep_batch, load_frames, load_videos, nearest_index, need
 from utils.engine import Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
 from utils.models import create_model, features_and_logits, load_weights
-from utils.preds import save_preds
+from utils.preds import save_preds, skip_split
 from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
 
 
@@ -111,10 +111,8 @@ def predict_frames(model, frames, windows, cfg, pipe, d, precision):
         with autocast(d.device, precision):
             f, l = features_and_logits(model, pipe(spec, widths))
         out.add(logits=l, features=f)
-    logits = gather(out.get("logits", len(EXPR_CLASSES)), d)
-    feats = gather(out.get("features", model.num_features), d)
-    logits = logits.reshape(len(todo), n_len, -1)
-    feats = feats.reshape(len(todo), n_len, -1)
+    logits = gather(out.get("logits", len(EXPR_CLASSES)), d).reshape(len(todo), n_len, len(EXPR_CLASSES))
+    feats = gather(out.get("features", model.num_features), d).reshape(len(todo), n_len, model.num_features)
     slot = np.full(len(keys), -1)
     slot[todo] = np.arange(len(todo))
     chosen = slot[source[row_key]]
@@ -137,6 +135,14 @@ def main(argv=None):
     precision = pick_precision(d.device, cfg.precision)
     frames = load_frames(cfg.data)
     videos = load_videos(cfg.data, frames)
+    source = f"{cfg.data}/frames.parquet"
+    if not cfg.predict_only:   # training needs labelled train frames with sound and labelled val frames
+        labelled = (frames.split == "train") & (frames.label >= 0)
+        need(labelled.any(), source, "no labelled train frame")
+        need((labelled & frames["videoid"].isin(videos.loc[videos["has_audio"], "videoid"])).any(), source,
+             "no labelled train frame has sound; the audio branch has nothing to learn from")
+    need(((frames.split == "val") & (frames.label >= 0)).any(), source,
+         "no labelled val frame; the val split selects best.pt and scores the run")
     if d.main:   # the other ranks wait rather than compute the same files
         ensure_spectrograms(cfg.data, cfg.n_fft, cfg.hop, cfg.n_mels, jobs=cfg.jobs)
     if d.world_size > 1:
@@ -178,8 +184,12 @@ def main(argv=None):
         pure = pure[train_mask[(frames.split == "train").to_numpy()]]
         rows, length = np.nonzero(pure)
         labels = frames["label"].to_numpy()[train_mask][rows]
+        need(len(rows), source, f"no training window passes the purity thresholds {cfg.purity} "
+             f"(windows of {cfg.window_frames} frames); lower --purity")
+        keys = (frames["txtid"].to_numpy()[train_mask][rows], frames["frame"].to_numpy()[train_mask][rows],
+                np.asarray(cfg.window_frames)[length])
         dataset = WindowDataset(bank, offset, n_columns, video[train_mask][rows],
-                                start[train_mask][rows, length], width[train_mask][rows, length], labels)
+                                start[train_mask][rows, length], width[train_mask][rows, length], labels, keys)
         kept = {f"{n} frames": dict(kept=int(pure[:, j].sum()), of=len(pure)) for j, n in enumerate(cfg.window_frames)}
         sampler = ClassBalancedSampler(labels, cfg.max_per_class, cfg.seed, d.rank, d.world_size)
         if d.main:
@@ -198,6 +208,10 @@ def main(argv=None):
     for split in ("train", "val", "test"):
         mask = (frames.split == split).to_numpy()
         part = frames[mask]
+        if not mask.any():
+            if d.main:
+                skip_split(run, split, source)
+            continue
         logits, feats = predict_frames(model, part, windows_of(mask), cfg, pipe, d, precision)
         if d.main:
             save_preds(run / "preds" / f"{split}.npz", txtid=part["txtid"].to_numpy(), frame=part["frame"].to_numpy(),
@@ -216,7 +230,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except FloatingPointError as err:
-        raise SystemExit(f"error: {err}")
+    cli(main)

@@ -26,12 +26,12 @@ from utils import temporal
 from utils.affwild2 import DataError
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config, peek
-from utils.console import log, table
-from utils.data import ClassBalancedSampler, keep_batch, load_frames
+from utils.console import cli, log, table
+from utils.data import ClassBalancedSampler, keep_batch, load_frames, need
 from utils.engine import Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
 from utils.fusion import ModalFusionModule, TokenDataset, context_offsets, context_rows, ensemble_logits, sort_rows
 from utils.models import load_weights
-from utils.preds import check_same_frames, load_preds, save_preds
+from utils.preds import check_same_frames, load_preds, save_preds, skip_split
 from utils.runs import is_complete, run_dir, save_config, seed_everything, write_json
 
 HEADS = ("fusion", "image", "audio")
@@ -78,9 +78,12 @@ PRESETS = {"demo": dict(epochs=8, batch_size=128, width=64, heads=2, lr=2e-3, ma
                         patience=0)}
 
 
-def load_split(cfg, split: str) -> dict:
-    """Both runs' predictions of one split, rows matched by (txtid, frame)."""
+def load_split(cfg, split: str) -> dict | None:
+    """Both runs' predictions of one split, rows matched by (txtid, frame); None when neither run
+    has the split (a dataset without it: the branch scripts skip an empty split)."""
     paths = {b: Path(getattr(cfg, b)) / "preds" / f"{split}.npz" for b in ("image", "audio")}
+    if not any(p.is_file() for p in paths.values()):
+        return None
     image = sort_rows(load_preds(paths["image"], keys=["features"]))
     audio = sort_rows(load_preds(paths["audio"], keys=["features", "has_audio"]))
     check_same_frames(image, audio, str(paths["image"]), str(paths["audio"]))
@@ -88,6 +91,13 @@ def load_split(cfg, split: str) -> dict:
         raise DataError(f"{paths['image']}: needs per-frame 'features' (N, D); is it an image-branch run?")
     if audio.get("features", np.zeros(0)).ndim != 3:
         raise DataError(f"{paths['audio']}: needs window 'features' (N, 3, D); is it an audio-branch run?")
+    for branch, preds in (("image", image), ("audio", audio)):
+        finite = np.isfinite(preds["features"].reshape(len(preds["features"]), -1)).all(axis=1)
+        if not finite.all():
+            first = np.flatnonzero(~finite)[0]
+            raise DataError(f"{paths[branch]}: {int((~finite).sum())} rows of 'features' hold NaN or infinite values "
+                            f"(first {preds['txtid'][first]}/{preds['frame'][first]:05d}); the {branch} run diverged "
+                            "or overflowed in half precision: retrain it, or re-predict with --precision fp32")
     return dict(txtid=image["txtid"], frame=image["frame"], label=image["label"], has_crop=image["has_crop"],
                 image=image["features"], audio=audio["features"], logits_image_run=image["logits"],
                 logits_audio_run=audio["logits"])
@@ -95,7 +105,7 @@ def load_split(cfg, split: str) -> dict:
 
 def dataset_for(split: dict, offsets, rows=None) -> TokenDataset:
     context = context_rows(split["txtid"], split["frame"], offsets)
-    return TokenDataset(split["image"], split["audio"], context, split["label"], rows)
+    return TokenDataset(split["image"], split["audio"], context, split["label"], rows, (split["txtid"], split["frame"]))
 
 
 @torch.no_grad()
@@ -147,6 +157,9 @@ def main(argv=None):
     offsets = context_offsets(cfg.image_context, cfg.image_stride)
     try:
         splits = {s: load_split(cfg, s) for s in ("train", "val")}
+        for s, split in splits.items():
+            need(split is not None and (split["label"] >= 0).any(), f"{cfg.image}/preds/{s}.npz",
+                 f"no labelled {s} frame; the fusion {'trains on' if s == 'train' else 'selects best.pt on'} it")
         if cfg.data:
             frames = load_frames(cfg.data, ("train", "val"))
             for s, split in splits.items():
@@ -194,6 +207,10 @@ def main(argv=None):
         raise SystemExit(f"error: {err}")
     results = {}
     for name, split in splits.items():
+        if split is None or not len(split["txtid"]):
+            if d.main:
+                skip_split(run, name, f"{cfg.image}/preds and {cfg.audio}/preds")
+            continue
         outputs = predict(model, dataset_for(split, offsets), cfg, d, precision)
         if d.main:
             save_preds(run / "preds" / f"{name}.npz", txtid=split["txtid"], frame=split["frame"], label=split["label"],
@@ -210,7 +227,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except FloatingPointError as err:
-        raise SystemExit(f"error: {err}")
+    cli(main)

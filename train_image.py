@@ -27,12 +27,13 @@ from torch.utils.data import DataLoader
 from utils.affwild2 import DataError
 from utils.classes import DFEW_CLASSES, EXPR_CLASSES
 from utils.config import parse_config
-from utils.console import log, table, warn
-from utils.data import ClassBalancedSampler, CropDataset, image_augmentation, load_frames, nearest_index, seed_worker
+from utils.console import cli, log, table, warn
+from utils.data import (ClassBalancedSampler, CropDataset, image_augmentation, load_frames, nearest_index, need,
+                        seed_worker)
 from utils.dfew import clip_score, fold_frames, seen_clips, weights_split
 from utils.engine import InputPipe, Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
 from utils.models import create_model, features_and_logits, load_weights, normalisation
-from utils.preds import save_preds
+from utils.preds import save_preds, skip_split
 from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
 
 
@@ -167,6 +168,13 @@ def main(argv=None):
             split = check_dfew_split(cfg, run, split)
     except DataError as err:
         raise SystemExit(f"error: {err}")
+    # DFEW predicts and scores a clip on its 16 evaluation frames, as the clip model sees it.
+    predicted = frames["eval_sample"] if dfew else True
+    val = frames[(frames.split == "val") & frames.has_crop & (frames.label >= 0) & predicted]
+    source = f"{cfg.data}/{'folds' if dfew else 'frames'}.parquet" + (f" (fold {cfg.fold})" if dfew else "")
+    need(len(val), source, "no labelled val frame with a face crop; the val split selects best.pt")
+    need(cfg.predict_only or ((frames.split == "train") & frames.has_crop & (frames.label >= 0)).any(), source,
+         "no labelled train frame with a face crop (prepare_data.py's summary counts the crops it found)")
     model = create_model(cfg.model, len(classes), cfg.pretrained and not cfg.predict_only,
                          cfg.pretrained_path, cfg.img_size, drop_path=cfg.drop_path)
     pipe = InputPipe(*normalisation(model), cfg.img_size, d.device, cfg.random_erase * (cfg.augment > 0))
@@ -176,9 +184,6 @@ def main(argv=None):
         if dfew:   # the clips this generator learns from: the clip model checks its folds against them
             write_json(run / "split.json", split)
         log(f"{run}: {cfg.model} at {cfg.img_size}px, {precision}, {d.world_size} x {d.device}")
-    # DFEW predicts and scores a clip on its 16 evaluation frames, as the clip model sees it.
-    predicted = frames["eval_sample"] if dfew else True
-    val = frames[(frames.split == "val") & frames.has_crop & (frames.label >= 0) & predicted]
 
     def evaluate(model):
         logits, _ = infer(model, val, cfg, pipe, d, precision, tta=False)
@@ -207,6 +212,10 @@ def main(argv=None):
     results = {}
     for split in ("val", "test") if dfew else ("train", "val", "test"):
         part = frames[(frames.split == split) & predicted].reset_index(drop=True)
+        if not len(part):
+            if d.main:
+                skip_split(run, split, source)
+            continue
         preds = predict_split(model, part, cfg, pipe, d, precision)
         if d.main:
             save_preds(run / "preds" / f"{split}.npz", **preds)
@@ -231,7 +240,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except FloatingPointError as err:
-        raise SystemExit(f"error: {err}")
+    cli(main)

@@ -52,6 +52,15 @@ def fusion_run(image_run, audio_run, demo_data, tmp_path_factory) -> Path:
                               "--data", str(demo_data), "--runs", str(runs)])
 
 
+@pytest.fixture(scope="session")
+def real_speech() -> Path:
+    """../shared/real/ravdess_speech: real emotional speech in the Aff-Wild2 layout (README there)."""
+    path = ROOT.parent / "shared" / "real" / "ravdess_speech"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent: the real recordings live beside the repository, not in a clone")
+    return path
+
+
 def write_labels(path: Path, labels, header: str = EXPR_HEADER) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + "\n" + "\n".join(str(v) for v in labels) + "\n")
@@ -76,4 +85,55 @@ def write_test_video(path: Path, n_frames: int, fps: float, audio_seconds: float
     frames = [np.zeros((VIDEO_SIZE, VIDEO_SIZE, 3), np.uint8)] * n_frames
     audio = None if audio_seconds is None else tone(audio_seconds, sample_rate, freq)
     write_video(path, frames, fps, audio, sample_rate)
+    return path
+
+
+def make_av(path: Path, n_frames: int = 25, fps: float = 25.0, *, audio: np.ndarray | None = None,
+            rate: int = 16000, layout: str = "mono", codec: str = "aac", audio_start: float = 0.0,
+            frame_seconds: np.ndarray | None = None, size: int = 32) -> Path:
+    """A real container made the way other tools make them: `audio` (samples, or (channels,
+    samples)) encoded with `codec` in `layout` at `rate`, starting `audio_start` seconds after the
+    video; `frame_seconds` gives each frame its own timestamp (variable frame rate). An empty
+    `audio` array makes an audio stream that holds no samples."""
+    from fractions import Fraction
+
+    import av
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=Fraction(fps).limit_denominator(1001))
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        sound = container.add_stream(codec, rate=rate, layout=layout) if audio is not None else None
+        clock = Fraction(1, 1000) if frame_seconds is not None else Fraction(fps).limit_denominator(1001) ** -1
+        video.codec_context.time_base = clock
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 8 * (i % 30), np.uint8), format="rgb24")
+            frame.pts = int(round(frame_seconds[i] * 1000)) if frame_seconds is not None else i
+            frame.time_base = clock
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        if sound is None:
+            return path
+        channels = len(av.AudioLayout(layout).channels)
+        planes = np.atleast_2d(np.asarray(audio, np.float32))
+        planes = np.repeat(planes, channels, 0) if len(planes) == 1 else planes
+        packed = sound.codec_context.format.name   # what the encoder takes
+        for start in range(0, planes.shape[1], 1024):
+            piece = planes[:, start:start + 1024]
+            if packed == "s16":
+                frame = av.AudioFrame.from_ndarray((np.clip(piece, -1, 1) * 32767).astype(np.int16).T.reshape(1, -1),
+                                                   format="s16", layout=layout)
+            elif packed == "flt":
+                frame = av.AudioFrame.from_ndarray(piece.T.reshape(1, -1), format="flt", layout=layout)
+            else:
+                frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=layout)
+            frame.sample_rate = rate
+            frame.pts = start + int(round(audio_start * rate))
+            frame.time_base = Fraction(1, rate)
+            for packet in sound.encode(frame):
+                container.mux(packet)
+        for packet in sound.encode():
+            container.mux(packet)
     return path

@@ -209,14 +209,19 @@ def test_openpose_reader_on_hand_written_json(tmp_path):
     assert warnings.counts == {"openpose missing": 1, "openpose malformed": 1}
 
 
-def test_openpose_wrong_model_is_an_error_and_image_names_match(tmp_path):
+def test_openpose_other_body_models_map_to_body25_and_unknown_ones_are_errors(tmp_path):
     write_keypoints(tmp_path, "7_keypoints.json", [person(face=[(0, (1, 1, 1.0)), (1, (3, 5, 1.0))])])
     points, mask = read_keypoints(tmp_path, [7])
     np.testing.assert_allclose(points[0, 25:27, :2], [[-0.25, -0.5], [0.25, 0.5]])   # box 2 x 4
-    coco = {"pose_keypoints_2d": [1.0] * 54, "face_keypoints_2d": []}
-    write_keypoints(tmp_path, "8_keypoints.json", [coco])
-    with pytest.raises(DataError, match="8_keypoints.json: 'pose_keypoints_2d' has 54 values"):
-        read_keypoints(tmp_path, [8])
+    coco = np.zeros((18, 3))
+    coco[8] = [10, 20, 0.9]    # COCO's right hip is BODY_25's 9 (8 is the mid-hip COCO lacks)
+    coco[17] = [12, 22, 0.8]   # COCO's left ear is BODY_25's 18
+    write_keypoints(tmp_path, "8_keypoints.json", [{"pose_keypoints_2d": coco.ravel().tolist()}])
+    points, mask = read_keypoints(tmp_path, [8])
+    assert mask[0] and set(np.flatnonzero(points[0, :, 2])) == {9, 18}
+    write_keypoints(tmp_path, "9_keypoints.json", [{"pose_keypoints_2d": [1.0] * 60}])
+    with pytest.raises(DataError, match="9_keypoints.json: 'pose_keypoints_2d' has 60 values"):
+        read_keypoints(tmp_path, [9])
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
+from utils.files import DataError
+
 import train_image
 import utils.engine as engine
 from utils.data import ClassBalancedSampler, CropDataset, nearest_index
@@ -186,5 +188,5 @@ def test_pretrained_path_loads_a_local_weights_file(tmp_path):
     name = "conv_stem.weight"
     assert torch.equal(model.state_dict()[name], source.state_dict()[name])
     assert model.get_classifier().out_features == 8
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(DataError, match="missing.pth"):
         create_model("test_efficientnet", 8, pretrained_path=str(tmp_path / "missing.pth"))

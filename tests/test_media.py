@@ -4,8 +4,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from conftest import write_test_video
-from utils.media import decode_audio, probe_video
+from conftest import make_av, tone, write_test_video
+from utils.media import decode_audio, probe_video, read_video
 
 HOP = 1024  # the spectrogram hop: decoded length must match the duration within one hop
 
@@ -39,10 +39,12 @@ def test_video_without_audio(tmp_path):
 
 
 def test_offset_aligns_audio_to_the_video_clock(tmp_path):
-    path = write_test_video(tmp_path / "a.avi", 25, 25.0, audio_seconds=1.0, sample_rate=16000)
-    plain, _ = decode_audio(path, 16000)
-    late, _ = decode_audio(path, 16000, offset=0.5)     # audio starts 0.5 s after the video
-    early, _ = decode_audio(path, 16000, offset=-0.25)  # audio starts 0.25 s before it
-    assert len(late) == len(plain) + 8000 and not late[:8000].any()
-    np.testing.assert_array_equal(late[8000:], plain)
-    np.testing.assert_array_equal(early, plain[4000:])
+    sound = tone(1.0, 16000)
+    plain = read_video(make_av(tmp_path / "plain.mkv", audio=sound, codec="flac")).samples
+    late = read_video(make_av(tmp_path / "late.mkv", audio=sound, codec="flac", audio_start=0.5))
+    early = read_video(make_av(tmp_path / "early.mkv", audio=sound, codec="flac",   # the video starts 0.25 s late
+                               frame_seconds=0.25 + np.arange(25) / 25))
+    assert late.info.audio_offset == pytest.approx(0.5) and early.info.audio_offset == pytest.approx(-0.25)
+    assert len(late.samples) == len(plain) + 8000 and not late.samples[:8000].any()
+    np.testing.assert_array_equal(late.samples[8000:], plain)
+    np.testing.assert_array_equal(early.samples, plain[4000:])

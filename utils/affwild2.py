@@ -1,8 +1,18 @@
 """The Aff-Wild2 EXPR layout (DESIGN.md section 3): find the files, parse them.
 
-Files are found by walking the root once, so the nesting of the real distribution does not
-matter. Everything is indexed by the label file (train/val) or the template (test), never by
-the number of decoded frames: the two differ by -1..+2 in the real data.
+Files are found by walking the root once (utils.files.walk: hidden files, AppleDouble `._*`,
+`__MACOSX/` and the like are never data), so the nesting of the distribution does not matter:
+  - label files: <txtid>.txt in {Train_Set, Validation_Set} under EXPR_Classification_Challenge
+    (ABAW5) or EXPR_Recognition_Challenge (ABAW6+), or in {Training_Set, Validation_Set} under
+    EXPR_Set (ABAW 2020-21, 7 classes without Other: same ids, read as they are);
+  - crop folders are found by what they hold, not by their parent's name: any folder named like a
+    txtid that holds numbered images (utils.files.numbered_images: .jpg, .png, .bmp ... in any
+    case), so cropped_aligned/<txtid>/, cropped_aligned_new_50_vids/<txtid>/ and the layouts of
+    public ABAW code (images/batch1/<txtid>/, cropped_aligned_images/batch2/<txtid>/) all work;
+    a txtid's folders are merged, and a frame found twice is counted;
+  - videos: <videoid> with any common video extension, in any case.
+Everything is indexed by the label file (train/val) or the template (test), never by the number
+of decoded frames: the two differ by -1..+2 in the real data.
 """
 from __future__ import annotations
 
@@ -15,17 +25,18 @@ import numpy as np
 import pandas as pd
 
 from utils.classes import EXPR_CLASSES, EXPR_HEADER, EXPR_TEMPLATE_HEADER, IGNORE_LABEL
+from utils.files import DataError, frame_number, is_image, numbered_images, read_lines, walk
 
-SPLIT_FOLDERS = {"Train_Set": "train", "Validation_Set": "val"}
-# ABAW5 named the folder EXPR_Classification_Challenge, ABAW6+ EXPR_Recognition_Challenge.
-ANNOTATION_PARENT = re.compile(r"^EXPR_\w*_Challenge$")
-VIDEO_EXTENSIONS = (".mp4", ".avi")
-CROP_NAME = re.compile(r"^(\d+)\.jpg$")
+__all__ = ["DataError"]   # the kit's input error lives in utils.files; most modules import it from here
+
+SPLIT_FOLDERS = {"train_set": "train", "training_set": "train", "validation_set": "val"}
+# ABAW 2020-21 named the folder EXPR_Set, ABAW5 EXPR_Classification_Challenge, ABAW6+ EXPR_Recognition_Challenge.
+ANNOTATION_PARENT = re.compile(r"^EXPR(_\w*_Challenge|_Set)$", re.IGNORECASE)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".wmv", ".3gp")
+CROP_NAME = re.compile(r"^(\d+)\.jpg$")   # the organisers' test template names crops so
 TEMPLATE_NAME = re.compile(r".*expr.*test_set_(sample|example)\.txt$", re.IGNORECASE)
-
-
-class DataError(Exception):
-    """Input that makes the dataset unusable; the message names the file."""
+# ABAW 2020-21 label files: the 7 classes of today without Other, same ids.
+EXPR_HEADER_7 = ",".join(EXPR_CLASSES[:7])
 
 
 def videoid_of(txtid: str) -> str:
@@ -40,11 +51,13 @@ def videoid_of(txtid: str) -> str:
 class Layout:
     root: Path
     annotations: dict[str, dict[str, Path]] = field(default_factory=lambda: {"train": {}, "val": {}})
-    crop_dirs: dict[str, list[Path]] = field(default_factory=dict)   # txtid -> folders
+    crop_dirs: dict[str, list[Path]] = field(default_factory=dict)   # folder name -> folders of numbered images
     videos: dict[str, Path] = field(default_factory=dict)            # videoid -> file
     release_lists: list[Path] = field(default_factory=list)
     templates: list[Path] = field(default_factory=list)
     duplicates: list[tuple[Path, Path]] = field(default_factory=list)
+    duplicate_videos: list[tuple[Path, Path]] = field(default_factory=list)
+    folders_searched: int = 0
 
     @property
     def release_list(self) -> Path | None:
@@ -72,18 +85,17 @@ def scan(root: str | os.PathLike) -> Layout:
     if not root.is_dir():
         raise DataError(f"{root}: dataset root not found")
     layout = Layout(root=root)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in walk(root):
         here = Path(dirpath)
-        dirnames.sort()
-        if here.parent.name.startswith("cropped_aligned") and not here.name.startswith("cropped_aligned"):
-            # A txtid's crop folder (the zips unpack to cropped_aligned/cropped_aligned/<txtid>
-            # too): list it later, per txtid, with the frame numbers.
+        layout.folders_searched += 1
+        if any(is_image(name) and frame_number(name) is not None for name in filenames):
+            # Possibly a txtid's crops: matched to the txtids by name once they are all known.
+            # A crop folder holds nothing else the kit reads (and millions of files in all).
             layout.crop_dirs.setdefault(here.name, []).append(here)
-            dirnames[:] = []
             continue
-        split = SPLIT_FOLDERS.get(here.name)
+        split = SPLIT_FOLDERS.get(here.name.lower())
         in_expr = split is not None and ANNOTATION_PARENT.match(here.parent.name)
-        for name in sorted(filenames):
+        for name in filenames:
             lower = name.lower()
             if in_expr and lower.endswith(".txt"):
                 txtid = name[:-4]
@@ -93,14 +105,16 @@ def scan(root: str | os.PathLike) -> Layout:
                 else:
                     layout.annotations[split][txtid] = here / name
             elif lower.endswith(VIDEO_EXTENSIONS):
-                layout.videos.setdefault(Path(name).stem, here / name)
+                seen = layout.videos.setdefault(Path(name).stem, here / name)
+                if seen != here / name:
+                    layout.duplicate_videos.append((seen, here / name))
             elif lower.endswith("_test_set_release.txt"):
                 layout.release_lists.append(here / name)
             elif TEMPLATE_NAME.match(name):
                 layout.templates.append(here / name)
     if not layout.annotations["train"] and not layout.annotations["val"]:
-        raise DataError(f"{root}: no EXPR_*_Challenge/Train_Set or Validation_Set annotation "
-                        "folder found under the dataset root")
+        raise DataError(f"{root}: no EXPR_*_Challenge/Train_Set or Validation_Set (or EXPR_Set/Training_Set) "
+                        "annotation folder found under the dataset root")
     both = set(layout.annotations["train"]) & set(layout.annotations["val"])
     if both:
         txtid = sorted(both)[0]
@@ -109,40 +123,53 @@ def scan(root: str | os.PathLike) -> Layout:
     return layout
 
 
-def list_crops(folders: list[Path]) -> tuple[np.ndarray, list[str]]:
-    """Frame numbers (sorted, 1-based) and their paths over all of a txtid's crop folders."""
+def list_crops(folders: list[Path], on_clash=None) -> tuple[np.ndarray, list[str]]:
+    """Frame numbers (sorted, 1-based) and their paths over all of a txtid's crop folders.
+
+    A frame found twice (two extensions in one folder, or in two folders) keeps the first by
+    path and is reported to on_clash(number, kept, dropped)."""
     found: dict[int, str] = {}
-    for folder in folders:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                m = CROP_NAME.match(entry.name)
-                if m:
-                    found.setdefault(int(m.group(1)), entry.path)
+    for folder in sorted(folders):
+        images, clashes = numbered_images(folder)
+        for number, kept, dropped in clashes:
+            if on_clash is not None:
+                on_clash(number, kept, dropped)
+        for number, path in images.items():
+            if number in found:
+                if on_clash is not None:
+                    on_clash(number, found[number], path)
+            else:
+                found[number] = path
     frames = np.array(sorted(found), dtype=np.int64)
     return frames, [found[f] for f in frames]
 
 
-def read_labels(path: Path, on_bad_line=None) -> np.ndarray:
+def read_labels(path: Path, on_bad_line=None, on_seven_classes=None) -> np.ndarray:
     """Labels of frames 1..N from an annotation file (int8, -1 = ignore).
 
-    A header other than the expected one is a DataError (the class ids would be wrong).
-    A line that is not an integer in -1..7 becomes -1 and is reported to on_bad_line(path,
+    A header other than the expected one is a DataError (the class ids would be wrong); the
+    7-class header of ABAW 2020-21 (no Other) has the same ids and is read as it is (reported to
+    on_seven_classes(path)). A line that
+    is not an integer in -1..7 ("4.0" is 4) becomes -1 and is reported to on_bad_line(path,
     line number, text), so one bad line does not throw away a whole video.
     """
-    with open(path, encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
-    if not lines or lines[0].strip().replace(" ", "") != EXPR_HEADER:
+    lines = read_lines(path)
+    header = lines[0].strip().replace(" ", "").rstrip(",").lower() if lines else ""
+    if header not in (EXPR_HEADER.lower(), EXPR_HEADER_7.lower()):
         got = lines[0].strip()[:80] if lines else "an empty file"
         raise DataError(f"{path}: line 1 must be the header '{EXPR_HEADER}', got '{got}'")
+    if header == EXPR_HEADER_7.lower() and on_seven_classes is not None:
+        on_seven_classes(path)
     body = lines[1:]
     while body and not body[-1].strip():
         body.pop()
     labels = np.empty(len(body), dtype=np.int8)
     for i, text in enumerate(body):
-        text = text.strip()
+        text = text.strip().rstrip(",")
         try:
-            value = int(text)
-        except ValueError:
+            number = float(text)
+            value = int(number) if number == int(number) else None
+        except (ValueError, OverflowError):   # OverflowError: 'inf'
             value = None
         if value is None or not IGNORE_LABEL <= value < len(EXPR_CLASSES):
             if on_bad_line is not None:
@@ -153,8 +180,7 @@ def read_labels(path: Path, on_bad_line=None) -> np.ndarray:
 
 
 def read_release_list(path: Path) -> list[str]:
-    with open(path, encoding="utf-8-sig") as f:
-        ids = [line.strip() for line in f if line.strip()]
+    ids = [line.strip() for line in read_lines(path) if line.strip()]
     if len(set(ids)) != len(ids):
         raise DataError(f"{path}: a txtid is listed twice")
     return ids
@@ -162,8 +188,7 @@ def read_release_list(path: Path) -> list[str]:
 
 def read_template(path: Path) -> pd.DataFrame:
     """Rows of the EXPR test template in file order: txtid, frame (1-based), template_row."""
-    with open(path, encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
+    lines = read_lines(path)
     if not lines or lines[0].strip().rstrip(",") != EXPR_TEMPLATE_HEADER:
         got = lines[0].strip()[:80] if lines else "an empty file"
         raise DataError(f"{path}: line 1 must be '{EXPR_TEMPLATE_HEADER}', got '{got}'")
@@ -207,6 +232,7 @@ def split_counts(frames: pd.DataFrame, videos: pd.DataFrame) -> dict:
     from utils.classes import NUM_EXPR_CLASSES
     with_audio = set(videos.loc[videos.has_audio, "videoid"]) if len(videos) else set()
     found = set(videos["videoid"]) if len(videos) else set()
+    vfr = set(videos.loc[videos["vfr"], "videoid"]) if len(videos) and "vfr" in videos else set()
     out = {}
     for split in ("train", "val", "test"):
         part = frames[frames.split == split]
@@ -217,6 +243,6 @@ def split_counts(frames: pd.DataFrame, videos: pd.DataFrame) -> dict:
             labels=np.bincount(labels[labels >= 0], minlength=NUM_EXPR_CLASSES).tolist(),
             ignored=int((labels < 0).sum()), crops=int(part["has_crop"].sum()),
             missing_crops=int((~part["has_crop"]).sum()),
-            videos_without_audio=len((vids & found) - with_audio),
+            videos_without_audio=len((vids & found) - with_audio), vfr_videos=len(vids & vfr),
             txtids_without_video=int(part.loc[~part.videoid.isin(found), "txtid"].nunique()))
     return out

@@ -27,19 +27,31 @@ import torchaudio
 from joblib import Parallel, delayed
 from torch.utils.data import Dataset
 
+from utils.console import WarningCounter, track
+from utils.files import DataError
 from utils.runs import read_json, save_npy, write_json
 
 FLOOR_DB = -100.0   # 10 * log10(1e-10): what digital silence maps to
 
 
 def log_mel(samples: np.ndarray, sample_rate: int, n_fft: int, hop: int, n_mels: int) -> np.ndarray:
-    """(n_mels, 1 + len // hop) power mel spectrogram in dB, float16."""
+    """(n_mels, 1 + len // hop) power mel spectrogram in dB, float16, for a track of any length.
+
+    A track shorter than half an FFT window (down to zero samples: a 40 ms sound track at n_fft
+    2048) is padded with silence for the STFT, so its columns are valid and sit at the floor
+    where there is no sound. ValueError if a sample is not finite (media.read_video zeroes them)."""
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    if not np.isfinite(samples).all():
+        raise ValueError(f"{int((~np.isfinite(samples)).sum())} samples are NaN or infinite")
+    columns = 1 + len(samples) // hop
+    if len(samples) <= n_fft // 2:   # the centred STFT's reflection padding needs more than half a window
+        samples = np.pad(samples, (0, n_fft // 2 + 1 - len(samples)))
     mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop,
                                                n_mels=n_mels, power=2.0, center=True)
     to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=None)
     with torch.no_grad():
-        spec = to_db(mel(torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))))
-    return spec.clamp(min=FLOOR_DB).numpy().astype(np.float16)
+        spec = to_db(mel(torch.from_numpy(samples)))
+    return spec.clamp(min=FLOOR_DB)[:, :columns].numpy().astype(np.float16)
 
 
 def spec_folder(data_dir, n_fft: int, hop: int, n_mels: int) -> Path:
@@ -48,19 +60,27 @@ def spec_folder(data_dir, n_fft: int, hop: int, n_mels: int) -> Path:
 
 
 def _spectrogram_job(videoid: str, audio_path: str, out: Path, sample_rate: int, n_fft: int,
-                     hop: int, n_mels: int) -> str:
-    samples = np.load(audio_path)   # whole file: the STFT reads it all anyway
-    save_npy(out / f"{videoid}.npy", log_mel(samples, sample_rate, n_fft, hop, n_mels))
-    return videoid
+                     hop: int, n_mels: int) -> tuple[str, int, str]:
+    """Returns (videoid, samples, error); never raises, so one bad file cannot stop the others."""
+    try:
+        samples = np.load(audio_path, allow_pickle=False)   # whole file: the STFT reads it all anyway
+        save_npy(out / f"{videoid}.npy", log_mel(samples, sample_rate, n_fft, hop, n_mels))
+    except (OSError, ValueError) as err:
+        return videoid, 0, f"{audio_path}: {err}"
+    return videoid, len(samples), ""
 
 
 def ensure_spectrograms(data_dir, n_fft: int = 2048, hop: int = 1024, n_mels: int = 128,
-                        jobs: int = 1, force: bool = False) -> Path:
+                        jobs: int = 1, force: bool = False, warnings=None) -> Path:
     """Compute the spectrogram of every video with audio that is not cached yet; return the folder.
 
     Called by prepare_data.py with the default settings and by train_audio.py with its own,
-    so a run with other settings computes them once, and a run with the defaults none.
+    so a run with other settings computes them once, and a run with the defaults none. A track
+    shorter than one FFT window is padded with silence and counted through `warnings` (kind
+    'short audio', naming the video); a cached track that cannot be read or holds non-finite
+    samples is a DataError naming it (prepare_data.py --force decodes it again).
     """
+    warnings = warnings if warnings is not None else WarningCounter()
     data_dir = Path(data_dir)
     videos = pd.read_parquet(data_dir / "videos.parquet")
     sample_rate = int(read_json(data_dir / "meta.json")["sample_rate"])
@@ -69,8 +89,15 @@ def ensure_spectrograms(data_dir, n_fft: int = 2048, hop: int = 1024, n_mels: in
             if v.has_audio and (force or not (out / f"{v.videoid}.npy").exists())]
     if todo:
         out.mkdir(parents=True, exist_ok=True)
-        Parallel(n_jobs=jobs)(delayed(_spectrogram_job)(v, p, out, sample_rate, n_fft, hop, n_mels)
-                              for v, p in todo)
+        results = Parallel(n_jobs=jobs, return_as="generator_unordered")(
+            delayed(_spectrogram_job)(v, p, out, sample_rate, n_fft, hop, n_mels) for v, p in todo)
+        for videoid, n_samples, error in track(results, total=len(todo), description="log-mel spectrograms",
+                                               unit="videos"):
+            if error:
+                raise DataError(f"{error}; run prepare_data.py --force to decode it again")
+            if n_samples < n_fft:
+                warnings("short audio", f"video {videoid}: its sound lasts {n_samples / sample_rate * 1000:.0f} ms, "
+                         f"less than one {n_fft}-sample FFT window; padded with silence")
     write_json(out / "spec.json", dict(sample_rate=sample_rate, n_fft=n_fft, hop=hop, n_mels=n_mels,
                                        hop_seconds=hop / sample_rate, floor_db=FLOOR_DB,
                                        time_axis="column j is centred at j * hop_seconds on the video clock"))
@@ -80,10 +107,25 @@ def ensure_spectrograms(data_dir, n_fft: int = 2048, hop: int = 1024, n_mels: in
 def load_bank(folder: Path, videoids, has_audio) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every video's spectrogram in one (columns, n_mels) float16 array, one floor column last.
 
-    Returns (bank, offset, n_columns) with video i's column j at bank[offset[i] + j]."""
+    Returns (bank, offset, n_columns) with video i's column j at bank[offset[i] + j]. A cached
+    spectrogram that is missing, unreadable, of another mel count or not finite is a DataError
+    naming the file."""
     n_mels = int(read_json(folder / "spec.json")["n_mels"])
-    return stack_bank([np.load(folder / f"{v}.npy").T if audio else np.zeros((0, n_mels), np.float16)
-                       for v, audio in zip(videoids, has_audio)], n_mels)
+    parts = []
+    for videoid, audio in zip(videoids, has_audio):
+        if not audio:
+            parts.append(np.zeros((0, n_mels), np.float16))
+            continue
+        path = folder / f"{videoid}.npy"
+        try:
+            spec = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot be read ({err}); delete it and run train_audio.py again") from None
+        if spec.ndim != 2 or spec.shape[0] != n_mels or not np.isfinite(spec).all():
+            raise DataError(f"{path}: not a finite ({n_mels}, columns) spectrogram (shape {spec.shape}); "
+                            "delete it and run train_audio.py again")
+        parts.append(spec.T)
+    return stack_bank(parts, n_mels)
 
 
 def stack_bank(parts, n_mels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,11 +149,33 @@ def bank_stats(bank: np.ndarray, offset, n_columns, videos_used) -> tuple[float,
 
 
 def window_columns(frame: np.ndarray, fps: np.ndarray, length: int, hop_seconds: float):
-    """First column and column count of the window of `length` frames centred on each frame."""
+    """First column and column count of the window of `length` frames centred on each frame of a
+    constant-rate video: frame t covers [(t-1)/fps, t/fps)."""
     first_frame = np.asarray(frame, dtype=np.float64) - 1 - length // 2   # 0-based
     start = np.ceil(first_frame / fps / hop_seconds - 1e-6).astype(np.int64)
     width = np.maximum(1, np.round(length / np.asarray(fps, dtype=np.float64) / hop_seconds)).astype(np.int64)
     return start, width
+
+
+def frame_start_seconds(frame: np.ndarray, times: np.ndarray, fps: float) -> np.ndarray:
+    """When frame `frame` (1-based, any integer) of a variable-rate video starts: times[frame - 1],
+    the decoded frame's timestamp, and beyond either end one average frame (1 / fps) a step."""
+    frame = np.asarray(frame, dtype=np.int64)
+    inside = np.clip(frame, 1, len(times))
+    return times[inside - 1] + (frame - inside) / fps
+
+
+def window_columns_timed(frame: np.ndarray, times: np.ndarray, fps: float, length: int, hop_seconds: float):
+    """window_columns for a variable-rate video (DESIGN.md section 8): the window of frames
+    t-length/2 .. t+length/2-1 spans [start of its first frame, start of the frame after its
+    last) on the frames' own timestamps, and takes the columns whose centres fall in that span,
+    so its width (at least one column) follows how long those frames were shown."""
+    frame = np.asarray(frame, dtype=np.int64)
+    begin = frame_start_seconds(frame - length // 2, times, fps)
+    end = frame_start_seconds(frame - length // 2 + length, times, fps)
+    start = np.ceil(begin / hop_seconds - 1e-6).astype(np.int64)
+    stop = np.ceil(end / hop_seconds - 1e-6).astype(np.int64)
+    return start, np.maximum(1, stop - start)
 
 
 def window_purity(labels: np.ndarray, length: int) -> np.ndarray:
@@ -142,8 +206,10 @@ class WindowDataset(Dataset):
     """
 
     def __init__(self, bank: np.ndarray, offset: np.ndarray, n_columns: np.ndarray,
-                 video: np.ndarray, start: np.ndarray, width: np.ndarray, labels: np.ndarray):
-        self.bank, self.offset, self.n_columns = bank, offset, n_columns
+                 video: np.ndarray, start: np.ndarray, width: np.ndarray, labels: np.ndarray,
+                 keys: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
+        # keys: (txtid, frame, window length) of every sample, for error messages only
+        self.bank, self.offset, self.n_columns, self.keys = bank, offset, n_columns, keys
         self.video, self.start, self.width = video, start, width
         self.labels = np.asarray(labels, dtype=np.int64)
         self.max_width = int(width.max()) + 1 if len(width) else 1
@@ -151,6 +217,12 @@ class WindowDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:   # the Trainer's hook; windows need no per-epoch state
         pass
+
+    def describe(self, indices) -> list[str]:
+        """'txtid/frame (length-frame window)' of the given samples, for error messages."""
+        if self.keys is None:
+            return [f"window {i}" for i in indices]
+        return [f"{self.keys[0][i]}/{int(self.keys[1][i]):05d} ({int(self.keys[2][i])}-frame window)" for i in indices]
 
     def __len__(self):
         return len(self.video)
@@ -201,7 +273,9 @@ class AudioPipe:
 
 def frame_windows(frames: pd.DataFrame, videos: pd.DataFrame, lengths, hop_seconds: float):
     """For every row of `frames`: its video's index in `videos` and, per window length, the
-    first column and the width. Returns (video (N,), start (N, L), width (N, L))."""
+    first column and the width. Returns (video (N,), start (N, L), width (N, L)).
+    A video with a `frame_times` file (prepare_data.py writes one for each variable-rate video)
+    places its windows on those timestamps; the others on (t-1)/fps."""
     position = pd.Series(np.arange(len(videos)), index=videos["videoid"].to_numpy())
     video = position.reindex(frames["videoid"].to_numpy()).to_numpy()
     if np.isnan(video).any():
@@ -209,11 +283,32 @@ def frame_windows(frames: pd.DataFrame, videos: pd.DataFrame, lengths, hop_secon
         raise ValueError(f"video {missing} is in frames.parquet but not in videos.parquet")
     video = video.astype(np.int64)
     # A video that could not be read has no fps; its windows are silence whatever the rate.
-    fps = videos["fps"].to_numpy(dtype=np.float64)[video]
-    fps = np.where(np.isfinite(fps) & (fps > 0), fps, 30.0)
+    video_fps = videos["fps"].to_numpy(dtype=np.float64)
+    video_fps = np.where(np.isfinite(video_fps) & (video_fps > 0), video_fps, 30.0)
     frame = frames["frame"].to_numpy()
-    starts, widths = zip(*(window_columns(frame, fps, length, hop_seconds) for length in lengths))
-    return video, np.stack(starts, 1), np.stack(widths, 1)
+    starts, widths = zip(*(window_columns(frame, video_fps[video], length, hop_seconds) for length in lengths))
+    start, width = np.stack(starts, 1), np.stack(widths, 1)
+    timed = videos["frame_times"].fillna("").to_numpy() if "frame_times" in videos else np.full(len(videos), "")
+    for v in np.flatnonzero(timed != ""):
+        rows = np.flatnonzero(video == v)
+        if not len(rows):
+            continue
+        times = load_frame_times(timed[v])
+        for j, length in enumerate(lengths):
+            start[rows, j], width[rows, j] = window_columns_timed(frame[rows], times, video_fps[v], length, hop_seconds)
+    return video, start, width
+
+
+def load_frame_times(path) -> np.ndarray:
+    """A video's frame timestamps (float64 seconds, one per decoded frame, increasing) as
+    prepare_data.py stores them; DataError naming the file if it is unreadable or not increasing."""
+    try:
+        times = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: frame times cannot be read ({err}); run prepare_data.py --force") from None
+    if times.ndim != 1 or not len(times) or not np.isfinite(times).all() or (np.diff(times) < 0).any():
+        raise DataError(f"{path}: frame times must be increasing finite seconds; run prepare_data.py --force")
+    return times.astype(np.float64)
 
 
 def pure_windows(frames: pd.DataFrame, lengths, thresholds) -> np.ndarray:

@@ -13,6 +13,8 @@ import types
 import typing
 from pathlib import Path
 
+from utils.files import DataError, read_text
+
 
 class ConfigError(ValueError):
     pass
@@ -77,12 +79,21 @@ def _load_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
-    text = p.read_text()
+    try:
+        text = read_text(p)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
     if p.suffix.lower() in (".yaml", ".yml"):
         import yaml
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as err:   # json.JSONDecodeError
+            raise ConfigError(f"{p}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a config file must hold a mapping of keys to values")
     return data

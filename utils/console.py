@@ -10,6 +10,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
+from utils.files import DataError
+
 # Off a terminal (logs, CI) rich would assume 80 columns and squeeze the wide tables.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -100,3 +102,12 @@ class WarningCounter:
 
     def summary(self) -> dict[str, int]:
         return dict(self.counts)
+
+
+def cli(main) -> None:
+    """Run a script's main() from the shell: bad input (DataError) and a stopped training
+    (FloatingPointError) end in one line naming the file or the rows, never a traceback."""
+    try:
+        main()
+    except (DataError, FloatingPointError) as err:
+        raise SystemExit(f"error: {err}") from None

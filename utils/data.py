@@ -7,6 +7,7 @@ a weak CPU feeding a GPU does no float work per image.
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import albumentations as A
 import cv2
@@ -16,12 +17,24 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from utils.classes import NUM_EXPR_CLASSES
+from utils.files import DataError
 
 cv2.setNumThreads(1)  # one decode thread per worker; the workers are the parallelism
 
 
+def need(present, source, problem: str) -> None:
+    """A split or set a step cannot do without: a DataError naming the table, not a crash deep
+    inside (an empty array reaching scikit-learn or a reshape)."""
+    if not present:
+        raise DataError(f"{source}: {problem}")
+
+
 def load_frames(data_dir, splits=("train", "val", "test")) -> pd.DataFrame:
-    frames = pd.read_parquet(f"{data_dir}/frames.parquet")
+    """frames.parquet of prepare_data.py, the given splits; DataError naming it if it is missing."""
+    path = Path(data_dir) / "frames.parquet"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run prepare_data.py first")
+    frames = pd.read_parquet(path)
     frames["split"] = frames["split"].astype(str)
     return frames[frames.split.isin(splits)].reset_index(drop=True)
 
@@ -93,8 +106,14 @@ class CropDataset(Dataset):
                  crop_size: int = 112):
         self.paths = frames["crop_path"].to_numpy()
         self.labels = torch.as_tensor(frames["label"].to_numpy().astype(np.int64))
+        self.txtid = frames["txtid"].to_numpy()
+        self.frame = frames["frame"].to_numpy() if "frame" in frames else np.zeros(len(frames), np.int64)
         self.txtid_codes = pd.factorize(frames["txtid"])[0]
         self.augment, self.seed, self.epoch, self.crop_size = augment, seed, 0, crop_size
+
+    def describe(self, indices) -> list[str]:
+        """'txtid/frame (crop file)' of the given samples, for error messages."""
+        return [f"{self.txtid[i]}/{int(self.frame[i]):05d} ({self.paths[i]})" for i in indices]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

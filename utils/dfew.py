@@ -1,17 +1,29 @@
 """The DFEW layout (DESIGN.md section 6): clips, frames, sound and the 5-fold split files.
 
-Found by walking ROOT, so the nesting of a copy does not matter:
-  Clip/clip_224x224/<00001>/<n>.jpg       every frame of a clip (variable length)
-  Clip/clip_224x224_16f/<00001>/<n>.jpg   the 16-frame release (used when asked, or alone)
-  Clip/original/<00001>.mp4               the clip as cut from the film, with its sound
-  EmoLabel_DataSplit/{train,test}(single-labeled)/set_<k>.csv   header video_name,label
-     (also spelled single_labeled)
+Found by walking ROOT (utils.files.walk: hidden files, AppleDouble `._*` and `__MACOSX/` are
+never data), so the nesting of a copy does not matter:
+  frame folders   <frame root>/<00001>/<frames>: a frame root is any folder whose subfolders are
+                  named by clip numbers and hold numbered images (any common extension and
+                  padding: 1.jpg, 00001_00001.jpg, 00001.png). The official release's roots are
+                  Clip/clip_224x224/ (every frame) and Clip/clip_224x224_16f/ (16 frames); peers
+                  make their own: MAE-DFER's Clip/jpg_256/, DFER-CLIP's DFEW_Frame_Face/. 'auto'
+                  takes clip_224x224, else the full-length root with the most clips, else a
+                  16-frame one; --dfew-frames NAME picks another by its folder name.
+  sound           Clip/original/<00001>.mp4 (any common video extension): the clip with its sound
+  split files     EmoLabel_DataSplit/{train,test}(single-labeled)/set_<k>.csv, header
+                  video_name,label (also single_labeled; ',' ';' or tab separated, quotes allowed);
+                  where none exist, the annotation lists of the public DFEW codebases for the same
+                  folds: DFER-CLIP / Former-DFER `<clip dir> <n_frames> <label 0..6>`
+                  (e.g. annotation/DFEW_set_1_train.txt) and MAE-DFER `<clip dir> <label 0..6>`
+                  (split01/train.csv, test.csv), space separated, no header; export_annotations()
+                  writes both for the folds in use, so results compare on identical splits.
 Frames are ordered by the number in their file name (2.jpg before 10.jpg). Clip ids are
 5-digit strings everywhere: '1' and '00001' in a split file are clip '00001'.
 
 Labels: 1..7 = Happy, Sad, Neutral, Angry, Surprise, Disgust, Fear (utils.classes.DFEW_CLASSES
 lists them 0..6). Some copies write 0..6. The base is decided once, in scan(), from all split
-files together, and scan() is the only place that converts: every table holds ids 0..6.
+files together (the peers' annotation lists are 0..6 by definition), and scan() is the only
+place that converts: every table holds ids 0..6.
 
 index() returns three tables (prepare_dfew writes them as parquet, with audio columns added):
   clips   clip, n_frames, frame_dir, video_path ('' if none), label (-1: in no split file)
@@ -28,7 +40,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
@@ -36,69 +47,107 @@ from joblib import Parallel, delayed
 from utils.affwild2 import DataError
 from utils.classes import DFEW_CLASSES, NUM_DFEW_CLASSES
 from utils.console import WarningCounter, log, table, track
-from utils.media import decode_audio, probe_video
+from utils.files import frame_number, is_image, numbered_images, read_lines, walk
+from utils.media import prepare_media, report_media
 from utils.metrics import per_class_f1, uar_war
-from utils.runs import read_json, save_npy, save_parquet, write_json
+from utils.runs import read_json, save_parquet, write_json, write_text
 
-FRAME_KINDS = ("clip_224x224", "clip_224x224_16f")   # the first is preferred
+FRAME_KINDS = ("clip_224x224", "clip_224x224_16f")   # the official release's frame roots, the first preferred
 SPLIT_FOLDER = re.compile(r"^(train|test)\(single[-_]labeled\)$", re.IGNORECASE)
 SPLIT_FILE = re.compile(r"^set_(\d+)\.csv$", re.IGNORECASE)
-FRAME_FILE = re.compile(r"(\d+)\.(?:jpe?g|png)$", re.IGNORECASE)
-VIDEO_EXTENSIONS = (".mp4", ".avi")
+# The peers' annotation lists: DFER-CLIP's DFEW_set_1_train.txt (also set_1_train.txt), and
+# MAE-DFER's split01/train.csv (its val.csv repeats test.csv and is not read).
+PEER_LIST = re.compile(r"^(?:dfew_)?set_?(\d+)_(train|test)\.txt$", re.IGNORECASE)
+PEER_FOLDER = re.compile(r"^split0*(\d+)$", re.IGNORECASE)
+PEER_CSV = re.compile(r"^(train|test)\.csv$", re.IGNORECASE)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".wmv", ".3gp")
 HEADER = "video_name,label"
 N_FOLDS = 5
 SPLITS = ("train", "test")
 
 
 def clip_id(text: str) -> str | None:
-    """'1' and '00001' name the same clip, '00001'; None if the text is not a number."""
+    """'1', '00001' and '00001.mp4' name the same clip, '00001'; None if the text is not a number
+    (with a video file's extension at most)."""
     text = text.strip()
+    if text.lower().endswith(VIDEO_EXTENSIONS):
+        text = text.rsplit(".", 1)[0]
     return f"{int(text):05d}" if re.fullmatch(r"[0-9]+", text) else None
 
 
 @dataclass
 class DfewLayout:
     root: Path
-    frames_kind: str                                   # the frame folder in use
+    frames_kind: str                                   # the name of the frame root in use
     frame_dirs: dict[str, Path]                        # clip -> its frame folder
     videos: dict[str, Path]                            # clip -> Clip/original/<clip>.mp4
-    split_files: dict[tuple[int, str], Path]           # (fold, split) -> set_<k>.csv
+    split_files: dict[tuple[int, str], Path]           # (fold, split) -> set_<k>.csv or a peer's list
     splits: pd.DataFrame                               # every split row, labels 0-based
     label_base: int                                    # 1: files say 1..7, 0: files say 0..6
-    kinds_found: dict[str, int] = field(default_factory=dict)   # frame kind -> clips
-    ignored: list[Path] = field(default_factory=list)  # frame folders not named by a number
+    kinds_found: dict[str, int] = field(default_factory=dict)   # frame root name -> clips
+    ignored: list[Path] = field(default_factory=list)  # folders of images beside clip folders, not named by a number
+    split_format: str = "official"                     # official | dfer-clip | mae-dfer
+    empty: list[Path] = field(default_factory=list)    # clip folders in the frame root without an image
+
+
+@dataclass
+class _Root:
+    """A folder whose subfolders named by clip numbers hold numbered images."""
+    path: Path
+    clips: dict = field(default_factory=dict)          # clip -> folder
+    longest: int = 0                                   # most images in one clip folder
+    others: list = field(default_factory=list)         # image folders beside them not named by a number
+    empty: list = field(default_factory=list)          # clip-number folders without an image
+
+
+def _pick_root(roots: dict[Path, _Root], frames: str, root: Path) -> _Root:
+    """--dfew-frames NAME, or 'auto': clip_224x224, else the full-length root with the most clips,
+    else a 16-frame one (every clip folder holding at most 16 images)."""
+    found = [r for r in roots.values() if r.clips]
+    if frames != "auto":
+        named = [r for r in found if r.path.name == frames]
+        if not named:
+            have = ", ".join(f"{r.path.name} ({len(r.clips)} clips)" for r in found) or "none"
+            raise DataError(f"{root}: no frame folder named {frames}/ holding clip folders (found: {have})")
+        return max(named, key=lambda r: len(r.clips))
+    if not found:
+        raise DataError(f"{root}: no frame folders found: expected a folder (Clip/clip_224x224/, jpg_256/, ...) "
+                        "of clip folders named by number (00001/) holding numbered images")
+    official = [r for r in found if r.path.name == FRAME_KINDS[0]]
+    full = [r for r in found if r.longest > 16]
+    return max(official or full or found, key=lambda r: len(r.clips))
 
 
 def scan(root: str | os.PathLike, frames: str = "auto", label_base: int | None = None) -> DfewLayout:
     """One walk over root; reads the split files (small) and decides the label base.
 
-    frames: 'auto' (clip_224x224 if present, else clip_224x224_16f) or one of FRAME_KINDS.
+    frames: 'auto' (see _pick_root) or the name of a frame root (clip_224x224_16f, jpg_256, ...).
     label_base: None detects it from the split files; 0 or 1 forces it.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset root not found")
-    if frames != "auto" and frames not in FRAME_KINDS:
-        raise ValueError(f"frames must be 'auto' or one of {FRAME_KINDS}, got {frames!r}")
     if label_base not in (None, 0, 1):
         raise ValueError(f"label_base must be None (detect), 0 or 1, got {label_base!r}")
-    found = {kind: {} for kind in FRAME_KINDS}
-    videos, split_files, ignored = {}, {}, []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    roots: dict[Path, _Root] = {}
+    videos, split_files, peer_lists = {}, {}, {"dfer-clip": {}, "mae-dfer": {}}
+    for dirpath, dirnames, filenames in walk(root):
         here = Path(dirpath)
-        dirnames.sort()
-        if here.name in FRAME_KINDS:
-            for name in dirnames:
-                clip = clip_id(name)
-                if clip is not None:
-                    found[here.name].setdefault(clip, here / name)
-                elif name not in FRAME_KINDS:
-                    ignored.append(here / name)
-            # Clip folders are listed later, one by one; a zip may nest clip_224x224 twice.
-            dirnames[:] = [d for d in dirnames if d in FRAME_KINDS]
-            continue
+        count = sum(1 for name in filenames if is_image(name) and frame_number(name) is not None)
+        if count:
+            parent = roots.setdefault(here.parent, _Root(here.parent))
+            clip = clip_id(here.name)
+            if clip is None:
+                parent.others.append(here)
+            elif clip not in parent.clips:
+                parent.clips[clip] = here
+                parent.longest = max(parent.longest, count)
+            continue   # a frame folder holds nothing else the kit reads
+        if not dirnames and clip_id(here.name) is not None:
+            roots.setdefault(here.parent, _Root(here.parent)).empty.append(here)
         split = SPLIT_FOLDER.match(here.name)
-        for name in sorted(filenames):
+        peer_fold = PEER_FOLDER.match(here.name)
+        for name in filenames:
             m = SPLIT_FILE.match(name) if split else None
             if m:
                 key = (int(m.group(1)), split.group(1).lower())
@@ -108,40 +157,71 @@ def scan(root: str | os.PathLike, frames: str = "auto", label_base: int | None =
                 split_files[key] = here / name
             elif name.lower().endswith(VIDEO_EXTENSIONS) and clip_id(Path(name).stem):
                 videos.setdefault(clip_id(Path(name).stem), here / name)
-    kind = frames if frames != "auto" else next((k for k in FRAME_KINDS if found[k]), FRAME_KINDS[0])
-    if not found[kind]:
-        raise DataError(f"{root}: no Clip/{kind}/<clip number>/ frame folders found")
+            elif PEER_LIST.match(name):
+                m = PEER_LIST.match(name)
+                peer_lists["dfer-clip"].setdefault((int(m.group(1)), m.group(2).lower()), here / name)
+            elif peer_fold and PEER_CSV.match(name):
+                key = (int(peer_fold.group(1)), PEER_CSV.match(name).group(1).lower())
+                peer_lists["mae-dfer"].setdefault(key, here / name)
+    chosen = _pick_root(roots, frames, root)
+    split_format = "official"
     if not split_files:
-        raise DataError(f"{root}: no EmoLabel_DataSplit/{{train,test}}(single-labeled)/set_<k>.csv "
-                        "split files found")
+        # The peers' lists are read only where the official files are absent, so one copy never mixes both.
+        split_format, split_files = next(((f, files) for f, files in peer_lists.items() if files), ("official", {}))
+        label_base = 0 if split_files else label_base   # the peers' lists are 0..6 by definition
+    if not split_files:
+        raise DataError(f"{root}: no EmoLabel_DataSplit/{{train,test}}(single-labeled)/set_<k>.csv split files "
+                        "found (nor DFER-CLIP's DFEW_set_<k>_{train,test}.txt or MAE-DFER's split0<k>/{train,test}.csv)")
     for fold, split in split_files:
         other = "test" if split == "train" else "train"
         if (fold, other) not in split_files:
             raise DataError(f"{split_files[fold, split]}: fold {fold} has no {other} split file")
-    splits, base = read_splits(split_files, label_base)
-    return DfewLayout(root=root, frames_kind=kind, frame_dirs=found[kind], videos=videos,
-                      split_files=split_files, splits=splits, label_base=base,
-                      kinds_found={k: len(v) for k, v in found.items()}, ignored=ignored)
+    splits, base = read_splits(split_files, label_base, split_format)
+    return DfewLayout(root=root, frames_kind=chosen.path.name, frame_dirs=dict(sorted(chosen.clips.items())),
+                      videos=videos, split_files=split_files, splits=splits, label_base=base,
+                      kinds_found={str(r.path.relative_to(root)) if r.path != root else ".": len(r.clips)
+                                   for r in roots.values() if r.clips},
+                      ignored=sorted(chosen.others), split_format=split_format, empty=sorted(chosen.empty))
 
 
 def read_split(path: Path) -> list[tuple[str, int, int]]:
-    """(clip, label as written, line number) for each row of one set_<k>.csv."""
-    with open(path, encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
-    if not lines or lines[0].replace(" ", "").lower() != HEADER:
-        got = lines[0].strip()[:80] if lines else "an empty file"
-        raise DataError(f"{path}: line 1 must be the header '{HEADER}', got '{got}'")
+    """(clip, label as written, line number) for each row of one official set_<k>.csv.
+
+    The separator is the header's: ',' or, as spreadsheets save in some locales, ';' or a tab;
+    quotes, spaces and blank lines are accepted. Anything else is a DataError naming the file and line."""
+    lines = read_lines(path)
+    first = lines[0].strip() if lines else ""
+    separator = next((sep for sep in (",", ";", "\t")
+                      if [f.strip().strip('"').lower() for f in first.split(sep)] == HEADER.split(",")), None)
+    if separator is None:
+        raise DataError(f"{path}: line 1 must be the header '{HEADER}', got '{first[:80] or 'an empty file'}'")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        fields = line.split(",")
+        fields = [f.strip().strip('"').strip() for f in line.strip().split(separator)]
         clip = clip_id(fields[0]) if len(fields) == 2 else None
-        label = fields[1].strip() if len(fields) == 2 else ""
+        label = fields[1] if len(fields) == 2 else ""
         if clip is None or not re.fullmatch(r"[0-7]", label):
-            raise DataError(f"{path}:{number}: expected '<clip number>,<label 0..7>', "
+            raise DataError(f"{path}:{number}: expected '<clip number>{separator}<label 0..7>', "
                             f"got '{line.strip()[:80]}'")
         rows.append((clip, int(label), number))
+    return rows
+
+
+def read_peer_list(path: Path) -> list[tuple[str, int, int]]:
+    """(clip, label 0..6, line number) of a DFER-CLIP (`<clip dir> <n_frames> <label>`) or MAE-DFER
+    (`<clip dir> <label>`) annotation list: the clip is the last part of the folder path."""
+    rows = []
+    for number, line in enumerate(read_lines(path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        clip = clip_id(fields[0].replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]) if len(fields) in (2, 3) else None
+        if clip is None or not re.fullmatch(r"[0-7]", fields[-1]) or (len(fields) == 3 and not fields[1].isdigit()):
+            raise DataError(f"{path}:{number}: expected '<clip folder> [<n_frames>] <label 0..6>', "
+                            f"got '{line.strip()[:80]}'")
+        rows.append((clip, int(fields[-1]), number))
     return rows
 
 
@@ -159,11 +239,12 @@ def detect_label_base(labels_by_file: dict[Path, set[int]]) -> int:
     raise DataError(f"{why}: cannot tell 1..7 from 0..6 labels; set the label base by hand")
 
 
-def read_splits(split_files: dict[tuple[int, str], Path], label_base: int | None = None):
+def read_splits(split_files: dict[tuple[int, str], Path], label_base: int | None = None,
+                split_format: str = "official"):
     """All split rows with labels converted to 0..6 (the one place that shifts), and the base."""
     parts, labels_by_file = [], {}
     for (fold, split), path in sorted(split_files.items()):
-        rows = read_split(path)
+        rows = read_split(path) if split_format == "official" else read_peer_list(path)
         labels_by_file[path] = {label for _, label, _ in rows}
         parts.append(pd.DataFrame({"clip": [r[0] for r in rows], "fold": fold, "split": split,
                                    "raw": [r[1] for r in rows], "file": str(path),
@@ -195,16 +276,15 @@ def _check_consistent(table: pd.DataFrame) -> None:
                         f"train and the test file of fold {fold}")
 
 
-def list_frames(folder: Path) -> tuple[np.ndarray, list[str]]:
-    """A clip's frame numbers in numeric order ('2.jpg' before '10.jpg') and their file names."""
-    found: dict[int, str] = {}
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            m = FRAME_FILE.search(entry.name)
-            if m:
-                found.setdefault(int(m.group(1)), entry.name)
+def list_frames(folder: Path, on_clash=None) -> tuple[np.ndarray, list[str]]:
+    """A clip's frame numbers in numeric order ('2.jpg' before '10.jpg') and their file names
+    (utils.files.numbered_images: any common image extension, debris ignored; a number given by
+    two files keeps the first and is reported to on_clash(number, kept, dropped))."""
+    found, clashes = numbered_images(folder)
+    for clash in clashes if on_clash is not None else ():
+        on_clash(*clash)
     numbers = np.array(sorted(found), dtype=np.int64)
-    return numbers, [found[n] for n in numbers]
+    return numbers, [os.path.basename(found[n]) for n in numbers]
 
 
 def sample_indices(n_frames: int, n: int = 16, train: bool = False, rng=None) -> np.ndarray:
@@ -322,9 +402,15 @@ def index(layout: DfewLayout, warnings=None, n: int = 16):
     warnings = warnings if warnings is not None else WarningCounter()
     for path in layout.ignored:
         warnings("not a clip", f"{path}: folder name is not a clip number; ignored")
+    for path in layout.empty:
+        warnings("empty clip", f"{path}: no frame images; clip {clip_id(path.name)} left out")
+
+    def clash(number, kept, dropped):
+        warnings("duplicate frame", f"{dropped}: a second image of frame {number} (first: {kept}); using the first")
+
     clip_rows, frame_parts = [], []
-    for clip, folder in track(sorted(layout.frame_dirs.items()), description="listing frames"):
-        numbers, names = list_frames(folder)
+    for clip, folder in track(sorted(layout.frame_dirs.items()), description="listing frames", unit="clips"):
+        numbers, names = list_frames(folder, clash)
         if not len(numbers):
             warnings("empty clip", f"{folder}: no frame images; clip {clip} left out")
             continue
@@ -369,48 +455,24 @@ def _usable_folds(layout: DfewLayout, with_frames: set[str], warnings) -> pd.Dat
     return table[["clip", "fold", "split", "label"]]
 
 
-def decode_clip_audio(clip: str, path: Path, out: Path, sample_rate: int, force: bool) -> dict:
-    """Cache one clip's sound as audio/<clip>.npy. Runs in a worker process; never raises."""
-    info_path = out / "audio" / f"{clip}.json"
-    if info_path.exists() and not force:
-        info = read_json(info_path)
-        if (info.get("path") == str(path) and info.get("sample_rate") == sample_rate
-                and (not info["has_audio"] or Path(info["audio_path"]).exists())):
-            return info
-    info = dict(clip=clip, path=str(path), sample_rate=sample_rate, has_audio=False, audio_path="",
-                audio_samples=0, corrupt_packets=0, error="")
-    try:
-        meta = probe_video(path)
-        if meta.has_audio:
-            samples, corrupt = decode_audio(path, sample_rate, meta.audio_offset)
-            audio_path = out / "audio" / f"{clip}.npy"
-            save_npy(audio_path, samples)
-            info.update(has_audio=len(samples) > 0, audio_path=str(audio_path),
-                        audio_samples=len(samples), corrupt_packets=corrupt)
-    except (av.FFmpegError, OSError, ValueError) as err:
-        info["error"] = f"{type(err).__name__}: {err}"
-        return info   # not cached: a fixed file is tried again on the next run
-    write_json(info_path, info)
-    return info
-
-
 def add_audio(clips: pd.DataFrame, root: Path, out: Path, jobs: int, sample_rate: int,
               force: bool, warnings) -> pd.DataFrame:
-    """has_audio, audio_path, audio_samples per clip; every clip left silent is counted."""
+    """has_audio, audio_path, audio_samples and frame_times per clip (utils.media.prepare_media);
+    every clip left silent is counted. A clip video with a variable frame rate lends its frame
+    timestamps to the clip's frame files when it has as many frames as there are files; otherwise
+    the frames are spread evenly over the sound, and that is counted."""
     todo = clips[clips["video_path"] != ""]
     results = Parallel(n_jobs=jobs, return_as="generator_unordered")(
-        delayed(decode_clip_audio)(c, Path(p), out, sample_rate, force)
+        delayed(prepare_media)(c, Path(p), out, sample_rate, force)
         for c, p in zip(todo["clip"], todo["video_path"]))
-    infos = {}
-    for info in track(results, total=len(todo), description="decoding audio"):
-        if info["error"]:
-            warnings("video", f"{info['path']}: unreadable ({info['error']}); treated as silent")
-        elif not info["has_audio"]:
-            warnings("no audio", f"{info['path']}: no audio stream; treated as silent")
-        elif info["corrupt_packets"]:
-            warnings("corrupt audio", f"{info['path']}: {info['corrupt_packets']} corrupt audio "
-                     "packets skipped")
-        infos[info["clip"]] = info
+    infos, n_frames = {}, dict(zip(clips["clip"], clips["n_frames"]))
+    for info in track(results, total=len(todo), description="decoding audio", unit="clips"):
+        report_media(info, warnings)
+        if info["frame_times"] and info["n_frames"] != n_frames[info["key"]]:
+            warnings("vfr frames", f"{info['path']}: variable frame rate, but {info['n_frames']} frames against "
+                     f"{n_frames[info['key']]} frame files; the files are spread evenly over the sound")
+            info["frame_times"] = ""
+        infos[info["key"]] = info
     silent = clips.loc[clips["video_path"] == "", "clip"]
     if len(silent):
         warnings("no video", f"{root}: no Clip/original/<clip>.mp4 for {len(silent)} clips "
@@ -421,14 +483,41 @@ def add_audio(clips: pd.DataFrame, root: Path, out: Path, jobs: int, sample_rate
 
     return clips.assign(has_audio=np.array(column("has_audio", False), bool),
                         audio_path=column("audio_path", ""),
-                        audio_samples=np.array(column("audio_samples", 0), np.int64))
+                        audio_samples=np.array(column("audio_samples", 0), np.int64),
+                        frame_times=column("frame_times", ""))
+
+
+def export_annotations(out_dir, clips: pd.DataFrame, folds: pd.DataFrame) -> list[Path]:
+    """Write the folds in use in the two annotation formats of the public DFEW codebases, so a
+    model of theirs and one of the kit's are compared on identical splits (labels 0..6, the
+    frame folders as absolute paths, no header, space separated):
+      dfer-clip/DFEW_set_<k>_{train,test}.txt   `<frame folder> <n_frames> <label>`  (DFER-CLIP, Former-DFER)
+      mae-dfer/split0<k>/{train,test,val}.csv   `<frame folder> <label>`  (MAE-DFER; its val.csv repeats
+                                                test.csv, as its own preprocessing writes it)
+    Returns the files written."""
+    out_dir, written = Path(out_dir), []
+    info = clips.set_index("clip")
+    for (fold, split), rows in folds.groupby(["fold", "split"], sort=True):
+        where = info.loc[rows["clip"]]
+        folders = [str(Path(f).resolve()) for f in where["frame_dir"]]
+        clip_lines = [f"{d} {n} {label}" for d, n, label in zip(folders, where["n_frames"], rows["label"])]
+        mae_lines = [f"{d} {label}" for d, label in zip(folders, rows["label"])]
+        targets = [(out_dir / "dfer-clip" / f"DFEW_set_{fold}_{split}.txt", clip_lines),
+                   (out_dir / "mae-dfer" / f"split{fold:02d}" / f"{split}.csv", mae_lines)]
+        if split == "test":
+            targets.append((out_dir / "mae-dfer" / f"split{fold:02d}" / "val.csv", mae_lines))
+        for path, lines in targets:
+            write_text(path, "\n".join(lines) + "\n")
+            written.append(path)
+    return written
 
 
 def fold_counts(clips: pd.DataFrame, folds: pd.DataFrame) -> dict:
     """Totals, and per fold and split the clips and clips per class (ids 0..6)."""
     out = {"clips": len(clips), "frames": int(clips["n_frames"].sum()),
            "labelled": int((clips["label"] >= 0).sum()), "unlabelled": int((clips["label"] < 0).sum()),
-           "with_audio": int(clips["has_audio"].sum()), "folds": {}}
+           "with_audio": int(clips["has_audio"].sum()),
+           "vfr_clips": int((clips["frame_times"] != "").sum()) if "frame_times" in clips else 0, "folds": {}}
     for (fold, split), rows in folds.groupby(["fold", "split"]):
         out["folds"].setdefault(str(fold), {})[split] = dict(
             clips=len(rows), labels=np.bincount(rows["label"], minlength=NUM_DFEW_CLASSES).tolist())
@@ -442,24 +531,31 @@ def print_summary(layout: DfewLayout, counts: dict, warnings: dict) -> None:
         return [counts["folds"][f].get(split, {}).get(key, 0) for f in folds]
 
     test_labels = per("test", "labels")
-    table(f"DFEW folds ({layout.frames_kind}; the files use labels {layout.label_base}.."
+    table(f"DFEW folds ({layout.frames_kind}; {'the' if layout.split_format == 'official' else layout.split_format} "
+          f"split files use labels {layout.label_base}.."
           f"{layout.label_base + 6})", ["", *[f"fold {f}" for f in folds]],
           [["train clips", *per("train", "clips")], ["test clips", *per("test", "clips")],
            *[[f"  test {name}", *[labels[i] for labels in test_labels]]
              for i, name in enumerate(DFEW_CLASSES)]])
     if warnings:
         table("Warnings", ["kind", "count"], [[k, v] for k, v in warnings.items()])
+    if len(layout.kinds_found) > 1:
+        log("frame folders found: " + ", ".join(f"{name} ({n:,} clips)" for name, n in layout.kinds_found.items())
+            + f"; using {layout.frames_kind} (--dfew-frames NAME picks another)")
     log(f"{counts['clips']:,} clips ({counts['unlabelled']:,} in no split file, "
-        f"{counts['with_audio']:,} with audio), {counts['frames']:,} frames")
+        f"{counts['with_audio']:,} with audio, {counts['vfr_clips']:,} with a variable frame rate), "
+        f"{counts['frames']:,} frames")
 
 
 def prepare_dfew(root, out, jobs: int = 2, sample_rate: int = 16000, force: bool = False,
-                 frames: str = "auto", label_base: int | None = None) -> dict:
+                 frames: str = "auto", label_base: int | None = None, export: str = "") -> dict:
     """Index a DFEW tree into out/ and decode each clip's sound once; returns meta.json's content.
 
-    Writes clips.parquet (index()'s clips plus has_audio, audio_path, audio_samples),
+    Writes clips.parquet (index()'s clips plus has_audio, audio_path, audio_samples, frame_times),
     folds.parquet, frames.parquet, audio/<clip>.npy (mono float32 at sample_rate, sample i at
-    time i / sample_rate of the clip) and meta.json. Raises DataError on unusable input.
+    time i / sample_rate of the clip), times/<clip>.npy for variable-rate clip videos, and
+    meta.json; with `export`, the folds in the peers' annotation formats (export_annotations).
+    Raises DataError on unusable input.
     """
     out, warnings = Path(out), WarningCounter()
     layout = scan(Path(root).resolve(), frames, label_base)
@@ -473,12 +569,15 @@ def prepare_dfew(root, out, jobs: int = 2, sample_rate: int = 16000, force: bool
     save_parquet(out / "folds.parquet", folds)
     save_parquet(out / "frames.parquet", frame_table)
     meta = dict(dataset="dfew", root=str(layout.root), frames_kind=layout.frames_kind,
-                frame_folders=layout.kinds_found,
+                frame_folders=layout.kinds_found, split_format=layout.split_format,
                 classes=list(DFEW_CLASSES), label_base=layout.label_base,
-                label_base_detected=label_base is None, sample_rate=sample_rate,
+                label_base_detected=label_base is None and layout.split_format == "official", sample_rate=sample_rate,
                 split_files={f"{k[0]}/{k[1]}": str(p) for k, p in sorted(layout.split_files.items())},
                 counts=counts, warnings=warnings.summary())
     write_json(out / "meta.json", meta)
     print_summary(layout, counts, warnings.summary())
     log(f"wrote {out}/clips.parquet, folds.parquet, frames.parquet, audio/ and meta.json")
+    if export:
+        files = export_annotations(export, clips, folds)
+        log(f"wrote {len(files)} annotation lists (DFER-CLIP and MAE-DFER formats) to {export}")
     return meta

@@ -209,6 +209,25 @@ class Trainer:
         return F.cross_entropy(logits.float(), labels, weight=self.loss_weights,
                                label_smoothing=self.cfg.label_smoothing)
 
+    def culprits(self, loader, sampler, step: int, logits, labels, shown: int = 3) -> str:
+        """Which rows of the batch at `step` gave a non-finite loss, named by the dataset's
+        describe(indices) (txtid/frame, clip ...): the sampler's draw for the epoch is fixed by
+        (seed, epoch), so batch k holds draw[k * batch_size:(k + 1) * batch_size]."""
+        heads = logits if isinstance(logits, (list, tuple)) else [logits]
+        with torch.no_grad():
+            per_row = torch.stack([F.cross_entropy(h.float(), labels, reduction="none") for h in heads]).sum(0)
+        bad = np.flatnonzero(~torch.isfinite(per_row).cpu().numpy())
+        if len(bad) == len(per_row) > 1:
+            return (f"every row of the batch ({len(bad)}): the model itself diverged (lower --lr, or "
+                    "--precision fp32)")
+        describe = getattr(loader.dataset, "describe", None)
+        if describe is None or not len(bad):
+            return f"rows {bad[:shown].tolist()} of the batch"
+        indices = np.asarray(list(sampler))[step * loader.batch_size:(step + 1) * loader.batch_size]
+        names = describe(indices[bad[:shown]])
+        more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+        return f"from {', '.join(names)}{more}"
+
     def fit(self, loader, sampler) -> dict:
         """Train until cfg.epochs or early stop; returns the best epoch's record."""
         cfg, d = self.cfg, self.d
@@ -229,7 +248,8 @@ class Trainer:
                     logits, labels, n, bad = self.step_fn(self.net, batch)
                     loss = self.loss(logits, labels)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss ({loss.item()}) at epoch {epoch} step {step}; "
+                    raise FloatingPointError(f"non-finite loss ({loss.item()}) at epoch {epoch} step {step}, "
+                                             f"{self.culprits(loader, sampler, step, logits, labels)}; "
                                              f"{self.run / 'last.pt'} holds the last finished epoch")
                 self.scaler.scale(loss / cfg.accum_steps).backward()
                 if last_micro:

@@ -61,7 +61,8 @@ class TokenDataset(Dataset):
     float16, labels (B,)), gathered from the split's cached feature arrays."""
 
     def __init__(self, image: np.ndarray, audio: np.ndarray, context: np.ndarray, labels: np.ndarray,
-                 rows: np.ndarray | None = None):
+                 rows: np.ndarray | None = None, keys: tuple[np.ndarray, np.ndarray] | None = None):
+        self.keys = keys   # (txtid, frame) of every row of the split, for error messages
         self.image, self.audio = torch.from_numpy(image), torch.from_numpy(audio)
         self.context = torch.from_numpy(context)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
@@ -69,6 +70,11 @@ class TokenDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:   # the Trainer's hook; nothing changes per epoch
         pass
+
+    def describe(self, indices) -> list[str]:
+        """'txtid/frame' of the given samples, for error messages."""
+        rows = self.rows[torch.as_tensor(np.asarray(indices))].numpy()
+        return [f"{self.keys[0][r]}/{int(self.keys[1][r]):05d}" if self.keys else f"row {r}" for r in rows]
 
     def __len__(self):
         return len(self.rows)

@@ -6,6 +6,8 @@ from pathlib import Path
 import timm
 import torch
 
+from utils.files import DataError
+
 
 def create_model(name: str, num_classes: int, pretrained: bool = False,
                  pretrained_path: str | None = None, img_size: int | None = None,
@@ -13,7 +15,8 @@ def create_model(name: str, num_classes: int, pretrained: bool = False,
     """timm.create_model with ImageNet weights from the hub, or from a local file offline.
 
     `pretrained_path` takes the file timm would download (.safetensors or .pth/.bin); the
-    classifier is re-initialised for `num_classes` as with hub weights.
+    classifier is re-initialised for `num_classes` as with hub weights. Hub weights that cannot
+    be fetched (no network, a hub that refuses) are a DataError naming both ways out.
     """
     kwargs = dict(num_classes=num_classes, in_chans=in_chans)
     if drop_path:
@@ -23,10 +26,22 @@ def create_model(name: str, num_classes: int, pretrained: bool = False,
     if pretrained_path:
         path = Path(pretrained_path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: --pretrained-path file not found")
+            raise DataError(f"{path}: --pretrained-path file not found")
         kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
-        pretrained = True
-    return timm.create_model(name, pretrained=pretrained, **kwargs)
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except (RuntimeError, ValueError, KeyError, OSError) as err:   # a file of another model or format
+            reason = (str(err).strip().splitlines() or [""])[0][:160]
+            raise DataError(f"{path}: not loadable as {name} weights ({type(err).__name__}: {reason})") from None
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except OSError as err:   # huggingface_hub's LocalEntryNotFoundError and HTTP errors are OSErrors
+        if not pretrained:
+            raise
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise DataError(f"the ImageNet weights of {name} could not be fetched from the timm hub "
+                        f"({type(err).__name__}: {reason}); pass --pretrained-path FILE (the .safetensors timm "
+                        "would download, copied from a machine with internet) or --no-pretrained") from None
 
 
 def normalisation(model: torch.nn.Module) -> tuple[tuple, tuple]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.affwild2 import DataError
+from utils.console import log
 from utils.runs import save_npz
 
 REQUIRED = ("txtid", "frame", "label", "has_crop", "logits")
@@ -46,6 +47,14 @@ def save_preds(path, *, txtid, frame, label, has_crop, logits, features=None, **
     if n and not np.array_equal(order_by_key(txtid, frame), np.arange(n)):
         raise ValueError(f"{path}: rows must be ordered by (txtid, frame)")
     save_npz(path, **arrays)
+
+
+def skip_split(run, split: str, source) -> None:
+    """A split without rows (a dataset with no test set): said once, and a preds file an earlier
+    run wrote for it removed, so no stage reads predictions of frames that no longer exist."""
+    stale = Path(run) / "preds" / f"{split}.npz"
+    stale.unlink(missing_ok=True)
+    log(f"{split}: no frames in {source}; preds/{split}.npz not written")
 
 
 def load_preds(path, keys=None) -> dict[str, np.ndarray]:

@@ -104,6 +104,12 @@ class Stream:
         run = Path(run)
         with np.load(run / "features.npz", allow_pickle=False) as f:
             txtid, frame, mask, feats = f["txtid"], f["frame"], f["mask"], f["features"]
+        bad = mask & ~np.isfinite(feats.reshape(len(feats), -1)).all(axis=1)
+        if bad.any():   # the readers zero and mask what they cannot read: this is a generator gone wrong
+            first = np.flatnonzero(bad)[0]
+            raise DataError(f"{run / 'features.npz'}: {int(bad.sum())} unmasked frames hold NaN or infinite features "
+                            f"(first: clip {txtid[first]} frame {frame[first]}); extract them again "
+                            "(--precision fp32 if the generator overflowed in half precision)")
         self.path, self.name, self.kind = run, name or run.name, read_json(run / "config.json")["config"]["modality"]
         # A zero row with mask False last: row -1 is 'nothing', without a branch.
         self.bank = torch.from_numpy(np.concatenate([feats, np.zeros((1, feats.shape[1]), feats.dtype)]))
@@ -132,6 +138,7 @@ class ClipDataset(Dataset):
     def __init__(self, streams, clips: pd.DataFrame, index, train: bool, seed: int = 0, n: int = 16):
         self.streams, self.train, self.seed, self.n = streams, train, seed, n
         self.index = np.asarray(index, np.int64)
+        self.clip = clips["clip"].to_numpy()[self.index]
         self.n_frames = clips["n_frames"].to_numpy()[self.index]
         self.offset = np.concatenate([[0], np.cumsum(clips["n_frames"])])[self.index]
         self.labels = torch.as_tensor(clips["label"].to_numpy()[self.index].astype(np.int64))
@@ -145,6 +152,11 @@ class ClipDataset(Dataset):
 
     def __len__(self):
         return len(self.index)
+
+    def describe(self, indices) -> list[str]:
+        """'clip <id> (frames ...)' of the given samples, for error messages: the 1-based frame
+        positions sampled this epoch."""
+        return [f"clip {self.clip[i]} (frames {(self.positions[i].numpy() + 1).tolist()})" for i in indices]
 
     def __getitems__(self, indices):
         indices = torch.as_tensor(indices)
