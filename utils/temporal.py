@@ -202,8 +202,8 @@ class TemporalModel(nn.Module):
     as a list (fused first), for the summed loss.
 
     A stream absent for a clip (all its frames masked) adds no token to the fused sequence,
-    changes no other token, and its own head gives uniform logits: the clip is scored as by the
-    same model without that stream. modality_dropout: in training, each stream of each clip is
+    changes no other token, and its own head is left out of the score (and gives zero logits in
+    training, so no gradient): the clip is scored as by the same model without that stream. modality_dropout: in training, each stream of each clip is
     dropped whole with this probability (clips keep at least one stream), so the model learns
     to score every subset of its streams (ModDrop: Neverova et al., TPAMI 2016)."""
 
