@@ -1,6 +1,8 @@
 # Two commands: `make demo` runs the whole pipeline on synthetic data (`make demo DATASET=dfew`:
 # the DFEW system; add FINETUNE=1 for the per-fold fine-tuned image generator), `make test` the tests.
-# Both create .venv/ from requirements.txt on first use and reuse it afterwards.
+# Both create .venv/ on first use from requirements.lock, every package at the exact version the
+# README's figures were measured with, and reuse it afterwards. `make lock` rewrites the lock
+# from requirements.txt (the lower bounds, for installing the kit into your own environment).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,19 +10,45 @@ DEMO := demo
 SCALE ?= small
 JOBS ?= 2
 SEED ?= 0
+# The demo's float sums depend on the thread count: its figures are those of THREADS threads.
+THREADS ?= 2
 
 DATASET ?= affwild2
-DFEW_CLIPS ?= 240
+DFEW_CLIPS ?= 480
 FINETUNE ?= 0
-IMAGE_RUN := $(DEMO)/runs/image/demo_seed$(SEED)
+# The DFEW demo's frozen image generator is the Aff-Wild2 demo model of seed 0 and its clips
+# are those of seed 0, whatever SEED: SEED seeds the clip model (its draws, validation split
+# and initial weights), as a user reruns a recipe on fixed data and fixed pretrained weights.
+IMAGE_RUN := $(DEMO)/runs/image/demo_seed0
 FEATURES := $(DEMO)/runs/features
 
-.PHONY: demo demo-affwild2 demo-dfew demo-dfew-data demo-dfew-finetune demo-image test bench clean-demo
+# requirements-nodeps.txt (optional) lists packages whose own pins conflict with ours (exact
+# versions); `make lock` hashes them into requirements-nodeps.lock, installed with --no-deps
+# after the main lock. Their imports must be in requirements.txt.
+NODEPS := $(wildcard requirements-nodeps.lock)
+UV_VERSION := 0.13.8
+LOCK_ARGS = --quiet --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" \
+	$(foreach c,$(PIP_CONSTRAINT) $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^global\.constraint='\(.*\)'$$/\1/p"),--constraint $(c)) $(LOCK_FLAGS)
 
-$(VENV)/.installed: requirements.txt
+.PHONY: demo demo-affwild2 demo-dfew demo-dfew-data demo-dfew-finetune demo-image test bench lock clean-demo
+
+$(VENV)/.installed: requirements.lock $(NODEPS)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(if $(NODEPS),$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(NODEPS))
 	touch $@
+
+# Pip's own constraints on this machine (PIP_CONSTRAINT, global.constraint in `pip config list`) hold
+# in the lock too, or pip would refuse it here. LOCK_FLAGS=--upgrade moves every pin to the newest.
+lock:
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	.lock-venv/bin/uv pip compile requirements.txt $(LOCK_ARGS) -o requirements.lock
+	$(if $(wildcard requirements-nodeps.txt),.lock-venv/bin/uv pip compile requirements-nodeps.txt --no-deps \
+		$(LOCK_ARGS) -o requirements-nodeps.lock)
+
+demo-image demo-affwild2 demo-dfew demo-dfew-data demo-dfew-finetune: export OMP_NUM_THREADS = $(THREADS)
+demo-image demo-affwild2 demo-dfew demo-dfew-data demo-dfew-finetune: export MKL_NUM_THREADS = $(THREADS)
 
 demo: demo-$(DATASET)
 
@@ -38,12 +66,14 @@ demo-affwild2: demo-image
 		--name demo --out-dir $(DEMO)/ensembles
 	$(PY) make_submission.py --ensemble $(DEMO)/ensembles/demo --split val --out $(DEMO)/submissions/demo.zip
 	$(PY) make_submission.py --ensemble $(DEMO)/ensembles/demo --out $(DEMO)/submissions/demo.zip
+	$(PY) check_figures.py --dataset affwild2 --seed $(SEED) --demo $(DEMO)
 
 # DFEW, 5 folds: the frozen generators are the Aff-Wild2 demo's image model (the kit's own
 # fine-tuned model; ImageNet backbones need the hub), OpenPose keypoints and the log-mel of the
 # sound; then the modality ablation of the temporal model, with the per-fold tables.
-demo-dfew-data: demo-image
-	$(PY) make_demo_data.py --dataset dfew --out $(DEMO)/dfew_raw --clips $(DFEW_CLIPS) --seed $(SEED) --jobs $(JOBS)
+demo-dfew-data: $(VENV)/.installed
+	$(MAKE) demo-image SEED=0
+	$(PY) make_demo_data.py --dataset dfew --out $(DEMO)/dfew_raw --clips $(DFEW_CLIPS) --seed 0 --jobs $(JOBS)
 	$(PY) prepare_data.py --dataset dfew --root $(DEMO)/dfew_raw --out $(DEMO)/data/dfew --jobs $(JOBS)
 
 demo-dfew: demo-dfew-data
@@ -51,7 +81,8 @@ demo-dfew: demo-dfew-data
 	$(PY) extract_features.py --data $(DEMO)/data/dfew --runs $(DEMO)/runs --modality keypoints --openpose $(DEMO)/dfew_raw/openpose
 	$(PY) extract_features.py --data $(DEMO)/data/dfew --runs $(DEMO)/runs --modality audio
 	$(PY) train_fusion.py --dataset dfew --preset demo --data $(DEMO)/data/dfew --runs $(DEMO)/runs --name demo --seed $(SEED) \
-		--features $(FEATURES)/image-demo_seed$(SEED) $(FEATURES)/openpose $(FEATURES)/logmel --folds all --ablation
+		--features $(FEATURES)/image-demo_seed0 $(FEATURES)/openpose $(FEATURES)/logmel --folds all --ablation
+	$(PY) check_figures.py --dataset dfew --seed $(SEED) --demo $(DEMO)
 ifeq ($(FINETUNE),1)
 	$(MAKE) demo-dfew-finetune
 endif

@@ -1,7 +1,7 @@
 """Write a synthetic dataset in the exact Aff-Wild2 EXPR layout (DESIGN.md section 3).
 
 Usage: python make_demo_data.py --out demo/affwild2_raw [--seed 0] [--videos N] [--scale small|medium]
-       python make_demo_data.py --dataset dfew --out demo/dfew_raw [--clips 80] [--openpose 0.5]   (utils/synthetic_dfew.py)
+       python make_demo_data.py --dataset dfew --out demo/dfew_raw [--clips 80] [--openpose 0.9] [--hidden 0.5]   (utils/synthetic_dfew.py)
 
 What it writes, and the quirks of the real data it reproduces:
   annotations/<challenge>/{Train_Set,Validation_Set}/<txtid>.txt   labels in 0.5-5 s segments,
@@ -24,12 +24,12 @@ import numpy as np
 from joblib import Parallel, delayed
 from PIL import Image
 
-from utils.synthetic_dfew import make_dfew
 from utils.classes import EXPR_HEADER, EXPR_TEMPLATE_HEADER, NUM_EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import cli, log, table
 from utils.runs import write_json, write_text
 from utils.synthetic import FaceRenderer, expression_track, voice_track, write_video
+from utils.synthetic_dfew import best_uar, make_dfew
 
 # Real Aff-Wild2 train+val class mix (shared/fixtures/affwild2_stats/README.md), in percent.
 CLASS_MIX = np.array([30.0, 2.7, 1.9, 2.0, 14.8, 12.1, 4.9, 31.7])
@@ -38,6 +38,8 @@ SCALES = {"small": dict(videos=16, seconds=(15, 30)), "medium": dict(videos=40, 
 FPS_CYCLE = (30.0, 25.0, 29.97)
 LABEL_EXTRA_CYCLE = (1, 0, 1, 2, 1, 0, -1)   # label lines minus decoded frames, as in the real data
 MIN_SEGMENTS = {"train": 4, "val": 2, "test": 0}  # every class must occur, or macro-F1 means little
+# The DFEW demo's ablation settings (utils.temporal) as streams of utils.synthetic_dfew.best_uar.
+BOUNDS_SHOWN = (("frame_average",), ("image",), ("image", "keypoints"), ("image", "keypoints", "audio"))
 
 
 @dataclass
@@ -51,8 +53,10 @@ class DemoDataConfig:
     jobs: int = field(default=2, metadata={"help": "parallel worker processes"})
     dataset: str = field(default="affwild2", metadata={"choices": ["affwild2", "dfew"]})
     clips: int = field(default=80, metadata={"help": "DFEW: number of clips"})
-    openpose: float = field(default=0.5, metadata={"help": "DFEW: share of clips with OpenPose output (half: the clip "
-                                                           "model must cope with a missing modality)"})
+    openpose: float = field(default=0.9, metadata={"help": "DFEW: share of clips with OpenPose output (the clip model "
+                                                           "must cope with a missing modality)"})
+    hidden: float = field(default=0.4, metadata={"help": "DFEW: share of clips whose face is out of sight (turned away "
+                                                         "or covered): only the voice and the body tell their class"})
 
 
 def plan(cfg: DemoDataConfig, rng) -> list[dict]:
@@ -178,13 +182,17 @@ def main(argv=None):
     cfg = parse_config(DemoDataConfig, argv, description=__doc__.split("\n")[0])
     root = Path(cfg.out)
     if cfg.dataset == "dfew":   # the synthetic DFEW tree and its quirks: utils/synthetic_dfew.py
-        if not 0 <= cfg.openpose <= 1:
-            raise SystemExit(f"error: --openpose {cfg.openpose}: a share of the clips, 0..1")
+        for name in ("openpose", "hidden"):
+            if not 0 <= getattr(cfg, name) <= 1:
+                raise SystemExit(f"error: --{name} {getattr(cfg, name)}: a share of the clips, 0..1")
         if (root / "dfew_manifest.json").exists():
             log(f"{root}: already generated (delete it to regenerate)")
             return
-        make_dfew(root, cfg.seed, cfg.clips, frames_16f=True, openpose=cfg.openpose, jobs=cfg.jobs)
+        manifest = make_dfew(root, cfg.seed, cfg.clips, frames_16f=True, openpose=cfg.openpose, hidden=cfg.hidden,
+                             jobs=cfg.jobs)
         log(f"wrote a synthetic DFEW tree of {cfg.clips} clips to {root}")
+        table("Best UAR each set of streams can reach on these clips, by construction (utils/synthetic_dfew.py)",
+              ["streams", "best UAR"], [[" + ".join(s), best_uar(manifest["clips"], s)] for s in BOUNDS_SHOWN])
         return
     if (root / "demo_manifest.json").exists():
         log(f"{root}: already generated (delete it to regenerate)")

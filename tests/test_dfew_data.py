@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from utils import dfew
+from utils import dfew, synthetic_dfew
 from utils.affwild2 import DataError
 from utils.console import WarningCounter
 from utils.openpose import read_keypoints
@@ -227,7 +227,7 @@ def test_openpose_other_body_models_map_to_body25_and_unknown_ones_are_errors(tm
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("dfew") / "raw"
-    manifest = make_dfew(root, seed=1, n_clips=20, size=32, frames_16f=True, openpose=1.0)
+    manifest = make_dfew(root, seed=1, n_clips=40, size=32, frames_16f=True, openpose=1.0)
     return root, manifest
 
 
@@ -271,7 +271,7 @@ def test_synthetic_faces_encode_the_order_of_expressions(synthetic):
     root, manifest = synthetic
     changes = {0: [], 1: []}
     for clip in manifest["clips"]:
-        if clip["label"] in changes and clip["n_frames"] >= 20:   # not the few short clips
+        if clip["label"] in changes and clip["n_frames"] >= 20 and clip["face"] == "visible":
             points, mask = read_keypoints(root / "openpose" / clip["clip"],
                                           np.arange(1, clip["n_frames"] + 1))
             face = points[mask, 25:]
@@ -280,6 +280,47 @@ def test_synthetic_faces_encode_the_order_of_expressions(synthetic):
             changes[clip["label"]].append(curve[before + 3:].mean() - curve[:before].mean())
     assert changes[0] and changes[1]
     assert min(changes[0]) > 0.03 and max(changes[1]) < -0.03
+
+
+def test_synthetic_frames_are_named_as_the_official_release_names_them(synthetic):
+    """clip_224x224/00001/00001_00003.jpg: a lexicographic sort is the frame order, and the kit
+    reads the numbers; the 16-frame folder keeps 1.jpg..16.jpg; OpenPose names its output
+    after the image."""
+    root, manifest = synthetic
+    clip = next(c for c in manifest["clips"] if c["n_frames"] >= 10)
+    folder = root / "Clip" / "clip_224x224" / clip["clip"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [f"{clip['clip']}_{n:05d}.jpg" for n in range(1, clip["n_frames"] + 1)]
+    numbers, files = dfew.list_frames(folder)
+    assert numbers.tolist() == list(range(1, clip["n_frames"] + 1)) and files == names
+    assert sorted(p.name for p in (root / "Clip" / "clip_224x224_16f" / clip["clip"]).iterdir()) == \
+        sorted(f"{n}.jpg" for n in range(1, 17))
+    assert (root / "openpose" / clip["clip"] / f"{clip['clip']}_00010_keypoints.json").is_file()
+
+
+def test_synthetic_senses_complement_each_other(synthetic):
+    """A hidden face leaves no face keypoints, nose or eyes; the body leans in at the onset for
+    Happy, Angry and Surprise and draws back for Sad, Disgust and Fear (the shoulders' span
+    grows against the ears', or shrinks), in sight or not; and the documented best UARs hold."""
+    root, manifest = synthetic
+    hidden = [c for c in manifest["clips"] if c["face"] != "visible"]
+    assert {c["face"] for c in hidden} == {"turned away", "covered"} and len(hidden) < len(manifest["clips"])
+    for clip in manifest["clips"]:
+        points, mask = read_keypoints(root / "openpose" / clip["clip"], np.arange(1, clip["n_frames"] + 1))
+        seen = clip["face"] == "visible"
+        assert (points[mask][:, 25:, 2] > 0).any(1).all() == seen and (points[mask][:, [0, 15, 16], 2] > 0).any() == seen
+        direction = synthetic_dfew.TRAJECTORIES[clip["content"]][3]
+        if direction and clip["n_frames"] >= 20:
+            span = (points[:, 5, 0] - points[:, 2, 0]) / (points[:, 18, 0] - points[:, 17, 0] + 1e-6)
+            before, after = mask & (np.arange(clip["n_frames"]) < clip["onset"]), mask & (
+                np.arange(clip["n_frames"]) >= clip["onset"] + 3)
+            assert np.sign(span[after].mean() - span[before].mean()) == direction, clip
+    # The bounds of the module docstring, on many planned clips (h 0.4, k 0.9, s 0.75).
+    clips = synthetic_dfew.plan(np.random.default_rng(0), 20000, openpose=0.9, hidden=0.4)
+    documented = {("frame_average",): 0.400, ("image",): 0.657, ("image", "keypoints"): 0.760,
+                  ("image", "keypoints", "audio"): 0.927, ("keypoints",): 0.709, ("audio",): 0.464}
+    for streams, value in documented.items():
+        assert synthetic_dfew.best_uar(clips, streams) == pytest.approx(value, abs=0.01), streams
 
 
 def test_synthetic_zero_based_variant_and_determinism(tmp_path):

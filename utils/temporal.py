@@ -7,14 +7,20 @@ Data. Each clip gives 16 frame positions (utils.dfew.sample_indices: one random 
 segment in training, redrawn every epoch from (seed, epoch); segment centres otherwise), and
 every feature run its features of those frames with a mask. A run that lacks a frame (made
 with --frames eval) gives the nearest frame it has; a masked frame stays masked.
-Model. Per stream a LayerNorm + Linear to `width`, learned position (frame slot) and modality
-embeddings, and a learned 'missing' token for masked frames. The first stream (the image run)
-is the primary one; as in the MFM, it attends to each other stream and each other stream to
-it (cross-attention with a residual, so every token keeps its own frame's content and slot),
-and its own tokens stay in the sequence. The attention outputs start at zero, so training
-starts from the image-only model: without that, adding a half-covered keypoint stream cost
-the demo 0.12 UAR (0.57 against 0.69 on folds 1-3); with it, 0.66.
-A pre-norm transformer encoder over all tokens, a masked mean pool and a 7-way clip head.
+Model. Per stream a LayerNorm + Linear to `width`, learned position (frame slot; started from
+sine codes) and modality embeddings, and a learned 'missing' token for masked frames. The
+first stream (the image run) is the primary one; as in the MFM, it attends to each other
+stream and each other stream to it (cross-attention with a residual, so every token keeps its
+own frame's content and slot), and its own tokens stay in the sequence. The attention outputs
+start at zero, so training starts from the image-only model. A pre-norm transformer encoder
+over all tokens, a masked mean pool and a 7-way fused head. With several streams, the same
+encoder also reads each stream's tokens alone into that stream's own head, and a clip's score
+is the mean log-probability of the fused head and the heads of the streams it has, as the MFM
+ensembles its fusion, image and audio heads; training sums the heads' cross-entropies.
+Missing streams. A stream a clip lacks (no OpenPose output, no sound) adds no token, leaves
+the others' tokens as they are and has no say in the score: the clip is scored from the
+streams it has. Training drops each stream of each clip whole with p = --modality-dropout
+(ModDrop, Neverova et al. 2016), so the model learns to score every subset of its streams.
 FrameAverage, a linear head on the mean primary feature, is the order-blind baseline.
 Selection. Per fold, a stratified, seeded share of the training clips is the validation
 split (utils.dfew.fold_split); best.pt is chosen on its UAR (ties: lower cross-entropy), never
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -74,6 +81,8 @@ class TemporalConfig:
     heads: int = 4
     layers: int = 2
     dropout: float = 0.1
+    modality_dropout: float = field(default=0.25, metadata={"help": "training: share of each clip's streams dropped whole "
+                                                                   "(ModDrop), so a missing or empty stream cannot hurt"})
     epochs: int = 30
     batch_size: int = 32
     accum_steps: int = 1
@@ -91,9 +100,9 @@ class TemporalConfig:
     overwrite: bool = field(default=False, metadata={"help": "train again even if a fold is complete"})
 
 
-# A few hundred clips give a handful of steps an epoch: the demo needs many epochs (40 left the
-# model at chance on the synthetic twins; 80 reach about 0.8 UAR on the OpenPose stream alone).
-PRESETS = {"demo": dict(width=64, heads=4, layers=1, epochs=80, batch_size=16, lr=2e-3, warmup_epochs=1.0,
+# A few hundred clips give a dozen steps an epoch: 40 epochs (the position embeddings start
+# from sine codes; from noise, 40 left the model at chance on the synthetic twins).
+PRESETS = {"demo": dict(width=64, heads=4, layers=1, epochs=40, batch_size=16, lr=2e-3, warmup_epochs=1.0,
                         val_share=0.2, patience=0)}
 
 
@@ -172,6 +181,9 @@ def _any_valid(mask: torch.Tensor) -> torch.Tensor:
 
 
 class CrossAttention(nn.Module):
+    """q + attention(q, kv): for a clip without any kv token (the stream is absent or dropped),
+    exactly q, so an absent stream leaves the tokens as they were without it."""
+
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
         self.norm_q, self.norm_kv = nn.LayerNorm(width), nn.LayerNorm(width)
@@ -181,17 +193,43 @@ class CrossAttention(nn.Module):
 
     def forward(self, q, kv, kv_valid):
         kv = self.norm_kv(kv)
-        return q + self.attn(self.norm_q(q), kv, kv, key_padding_mask=~_any_valid(kv_valid), need_weights=False)[0]
+        out = self.attn(self.norm_q(q), kv, kv, key_padding_mask=~_any_valid(kv_valid), need_weights=False)[0]
+        return q + out * kv_valid.any(1)[:, None, None].to(out.dtype)
+
+
+def sinusoids(n: int, width: int) -> torch.Tensor:
+    """(n, width) sine/cosine position codes (Vaswani et al. 2017)."""
+    position = torch.arange(n, dtype=torch.float32)[:, None]
+    rate = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-np.log(10000.0) / width))
+    out = torch.zeros(n, width)
+    out[:, 0::2], out[:, 1::2] = torch.sin(position * rate), torch.cos(position * rate)
+    return out
 
 
 class TemporalModel(nn.Module):
+    """The clip model: see the module docstring. feats[i] (B, n, D_i) and masks[i] (B, n) bool
+    for stream i (the first is the primary). Scoring (eval mode) returns (B, num_classes): the
+    mean log-probability of the fused head and, with several streams, each stream's own head,
+    as the MFM ensembles its fusion, image and audio heads. Training returns the heads' logits
+    as a list (fused first), for the summed loss.
+
+    A stream absent for a clip (all its frames masked) adds no token to the fused sequence,
+    changes no other token, and its own head is left out of the score (and gives zero logits in
+    training, so no gradient): the clip is scored as by the same model without that stream. modality_dropout: in training, each stream of each clip is
+    dropped whole with this probability (clips keep at least one stream), so the model learns
+    to score every subset of its streams (ModDrop: Neverova et al., TPAMI 2016)."""
+
     def __init__(self, dims, num_classes: int = NUM_DFEW_CLASSES, n_frames: int = 16, width: int = 128,
-                 heads: int = 4, layers: int = 2, dropout: float = 0.1):
+                 heads: int = 4, layers: int = 2, dropout: float = 0.1, modality_dropout: float = 0.0):
         super().__init__()
+        self.modality_dropout = modality_dropout if len(dims) > 1 else 0.0
         self.proj = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, width)) for d in dims)
-        self.pos = nn.Parameter(torch.zeros(1, n_frames, width))
+        # Learned, but started from sine codes: with a few hundred clips, embeddings grown from
+        # noise (std 0.02) left the order unread (OpenPose alone, demo folds 1-2: 0.33 UAR, against
+        # 0.64 from sines at 0.3; 0.51 at 1.0, where they drown the features).
+        self.pos = nn.Parameter(0.3 * sinusoids(n_frames, width)[None])
         self.modality, self.missing = nn.Parameter(torch.zeros(len(dims), width)), nn.Parameter(torch.zeros(len(dims), width))
-        for p in (self.pos, self.modality, self.missing):
+        for p in (self.modality, self.missing):
             nn.init.trunc_normal_(p, std=0.02)
         # Pair i: the primary stream attends to stream i + 1, and stream i + 1 to the primary;
         # the sequence is the primary's tokens, then the pairs' outputs.
@@ -201,19 +239,46 @@ class TemporalModel(nn.Module):
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, num_classes)
+        # Each stream's own head reads the same encoder over that stream's tokens alone.
+        self.stream_heads = nn.ModuleList(nn.Linear(width, num_classes) for _ in dims) if len(dims) > 1 else None
+
+    def drop_modalities(self, masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Training only: each stream of each clip masked whole with p = modality_dropout; a
+        clip that would lose every stream it has keeps them all."""
+        present = torch.stack([m.any(1) for m in masks], 1)
+        drop = torch.rand(present.shape, device=present.device) < self.modality_dropout
+        drop &= (present & ~drop).any(1, keepdim=True)
+        return [m & ~drop[:, i, None] for i, m in enumerate(masks)]
+
+    def encode(self, tokens, valid) -> torch.Tensor:
+        """The encoder and a masked mean pool: (B, T, W) tokens, (B, T) valid -> (B, W)."""
+        valid = _any_valid(valid)
+        tokens = self.norm(self.encoder(tokens, src_key_padding_mask=~valid))
+        weights = valid[..., None].to(tokens.dtype)
+        return (tokens * weights).sum(1) / weights.sum(1)
 
     def forward(self, feats, masks):
+        if self.training and self.modality_dropout > 0:
+            masks = self.drop_modalities(masks)
         x = [torch.where(m[..., None], p(f.float()), self.missing[i]) + self.pos + self.modality[i]
              for i, (p, f, m) in enumerate(zip(self.proj, feats, masks))]
         tokens, valid = [x[0]], [masks[0]]
         if len(x) > 1:
+            present = [m.any(1, keepdim=True) for m in masks]
             tokens += [a(x[0], x[i + 1], masks[i + 1]) for i, a in enumerate(self.to_other)]
             tokens += [b(x[i + 1], x[0], masks[0]) for i, b in enumerate(self.from_other)]
-            valid += [masks[0]] * len(self.to_other) + list(masks[1:])
-        tokens, valid = torch.cat(tokens, 1), _any_valid(torch.cat(valid, 1))
-        tokens = self.norm(self.encoder(tokens, src_key_padding_mask=~valid))
-        weights = valid[..., None].to(tokens.dtype)
-        return self.head((tokens * weights).sum(1) / weights.sum(1))
+            valid += [masks[0] & present[i + 1] for i in range(len(self.to_other))] + list(masks[1:])
+        logits = [self.head(self.encode(torch.cat(tokens, 1), torch.cat(valid, 1)))]
+        if self.stream_heads is None:
+            return logits[0]
+        # Every stream's tokens alone, in one batch; an absent stream's head says nothing (0).
+        own = self.encode(torch.cat(x), torch.cat(masks)).split(len(x[0]))
+        present = [torch.ones_like(masks[0][:, :1])] + [m.any(1, keepdim=True) for m in masks]
+        logits += [head(o) * p for head, o, p in zip(self.stream_heads, own, present[1:])]
+        if self.training:
+            return logits
+        weights = torch.stack(present).float()   # the fused head and the streams the clip has
+        return (torch.stack([F.log_softmax(z.float(), -1) for z in logits]) * weights).sum(0) / weights.sum(0)
 
 
 class FrameAverage(nn.Module):
@@ -251,7 +316,7 @@ def train_fold(cfg, clips, split: dict, streams, fold: int, run: Path, d, seen_v
                 for s, ix in (("train", train), ("val", val), ("test", test))}
     build = TemporalModel if cfg.model == "temporal" else FrameAverage
     model = build([s.dim for s in streams], NUM_DFEW_CLASSES, n_frames=cfg.n_frames, width=cfg.width,
-                  heads=cfg.heads, layers=cfg.layers, dropout=cfg.dropout)
+                  heads=cfg.heads, layers=cfg.layers, dropout=cfg.dropout, modality_dropout=cfg.modality_dropout)
     precision = pick_precision(d.device, cfg.precision)
     labels = {s: ds.labels.numpy() for s, ds in datasets.items()}
     if d.main:
@@ -280,7 +345,9 @@ def train_fold(cfg, clips, split: dict, streams, fold: int, run: Path, d, seen_v
     cap = len(train) if cfg.class_weighted else cfg.max_per_class
     sampler = ClassBalancedSampler(labels["train"], cap, cfg.seed * 100 + fold, d.rank, d.world_size, NUM_DFEW_CLASSES)
     loader = DataLoader(datasets["train"], batch_size=cfg.batch_size, sampler=sampler, collate_fn=keep_batch)
-    fit = Trainer(model, cfg, run, d, precision, step, evaluate, weights, metric="UAR").fit(loader, sampler)
+    # The summed loss of the fused head and each stream's own head (TemporalModel in training).
+    heads = SimpleNamespace(**asdict(cfg), loss_weights=[1.0] * (1 + len(streams)))
+    fit = Trainer(model, heads, run, d, precision, step, evaluate, weights, metric="UAR").fit(loader, sampler)
     load_weights(model, run / "best.pt")
     scores = dict(fold=fold, best_epoch=fit["best_epoch"], n_train=len(train), n_val=len(val), n_test=len(test),
                   val_clips_seen_by_generators=seen_val)
