@@ -62,6 +62,21 @@ def test_a_sound_track_shorter_than_one_fft_window_prepares_with_a_counted_warni
     assert empty.shape == (128, 1) and (empty == audio.FLOOR_DB).all()   # zero samples: one column of silence
 
 
+def test_audio_decoded_again_never_leaves_a_stale_spectrogram(tmp_path):
+    """A data folder prepared by a kit that summed the channels: prepare_data.py decodes the audio
+    again (its cache records the decoder), and the spectrogram follows the newer audio."""
+    out = tmp_path / "out"
+    prepare(one_video_tree(tmp_path / "raw", audio=tone(1.0, RATE), codec="pcm_s16le", video_name="v.mkv"), out)
+    info = json.loads((out / "audio" / "v.json").read_text())
+    (out / "audio" / "v.json").write_text(json.dumps(info | {"decoder": 1}))
+    np.save(out / "audio" / "v.npy", np.zeros(RATE, np.float32))   # what an old decoder left
+    spec = out / "spec" / "nfft2048_hop1024_mels128" / "v.npy"
+    audio.ensure_spectrograms(out)
+    assert (np.load(spec) == audio.FLOOR_DB).all()                 # follows the silent audio
+    prepare(tmp_path / "raw", out)
+    assert np.load(spec).max() > -20                               # decoded again, spectrogram again
+
+
 @pytest.mark.parametrize("layout,codec,ext", [("stereo", "aac", "mp4"), ("5.1", "aac", "mp4"),
                                               ("5.1(side)", "pcm_f32le", "mkv"), ("7.1", "flac", "mkv")])
 def test_the_channel_count_does_not_change_the_loudness(tmp_path, layout, codec, ext):

@@ -70,12 +70,19 @@ def _spectrogram_job(videoid: str, audio_path: str, out: Path, sample_rate: int,
     return videoid, len(samples), ""
 
 
+def _stale(spec: Path, audio: Path) -> bool:
+    """A spectrogram is computed again when it is missing or older than its audio (decoded again by
+    prepare_data.py --force, or by a kit version that decodes differently)."""
+    return not spec.exists() or spec.stat().st_mtime_ns < audio.stat().st_mtime_ns
+
+
 def ensure_spectrograms(data_dir, n_fft: int = 2048, hop: int = 1024, n_mels: int = 128,
                         jobs: int = 1, force: bool = False, warnings=None) -> Path:
     """Compute the spectrogram of every video with audio that is not cached yet; return the folder.
 
     Called by prepare_data.py with the default settings and by train_audio.py with its own,
-    so a run with other settings computes them once, and a run with the defaults none. A track
+    so a run with other settings computes them once, and a run with the defaults none; a
+    spectrogram older than its audio file is computed again. A track
     shorter than one FFT window is padded with silence and counted through `warnings` (kind
     'short audio', naming the video); a cached track that cannot be read or holds non-finite
     samples is a DataError naming it (prepare_data.py --force decodes it again).
@@ -86,7 +93,7 @@ def ensure_spectrograms(data_dir, n_fft: int = 2048, hop: int = 1024, n_mels: in
     sample_rate = int(read_json(data_dir / "meta.json")["sample_rate"])
     out = spec_folder(data_dir, n_fft, hop, n_mels)
     todo = [(v.videoid, v.audio_path) for v in videos.itertuples()
-            if v.has_audio and (force or not (out / f"{v.videoid}.npy").exists())]
+            if v.has_audio and (force or _stale(out / f"{v.videoid}.npy", Path(v.audio_path)))]
     if todo:
         out.mkdir(parents=True, exist_ok=True)
         results = Parallel(n_jobs=jobs, return_as="generator_unordered")(
