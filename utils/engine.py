@@ -7,6 +7,7 @@ non-finite loss, one log.jsonl line per epoch, and DDP under torchrun (only rank
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
@@ -53,6 +54,9 @@ def setup_distributed(device_name: str = "auto") -> Dist:
         check_cuda_build(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # A group left to the interpreter's teardown can abort a rank that finished early
+        # ("terminate called without an active exception"); every rank closes it on exit.
+        atexit.register(dist.destroy_process_group)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return Dist(rank=rank, world_size=world, device=device)
 
