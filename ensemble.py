@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from utils.affwild2 import DataError
+from utils.files import DataError
 from utils.classes import EXPR_CLASSES, NUM_EXPR_CLASSES
 from utils.config import parse_config, to_dict
 from utils.console import cli, log, table, warn
-from utils.ensemble import (SMOOTH_METHODS, SearchOptions, apply_spec, group_runs, honest_estimate,
+from utils.evaluation.ensemble import (SMOOTH_METHODS, SearchOptions, apply_spec, group_runs, honest_estimate,
                             load_members, predict, tune)
-from utils.metrics import expr_confusion, per_class_f1
+from utils.evaluation.metrics import expr_confusion, per_class_f1
 from utils.runs import atomic_path, environment_info, is_complete, read_json, write_json, write_text
 
 
@@ -135,7 +135,7 @@ def run(cfg: EnsembleConfig) -> Path:
     tuned = tune(probs, txtid, labels, options)
     honest = honest_estimate(probs, txtid, labels, options, cfg.split_seed)
 
-    # Every reported figure comes from apply_spec and utils.metrics: the same path that
+    # Every reported figure comes from apply_spec and utils.evaluation.metrics: the same path that
     # make_submission.py takes, so its val score must match these numbers exactly.
     rows, member_info = [], []
     for member, p, w in zip(members, probs, tuned.specs["biases"]["weights"]):

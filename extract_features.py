@@ -7,7 +7,7 @@ Usage: python extract_features.py --data data/dfew --modality image --model resn
        python extract_features.py --data data/dfew --modality audio
        python extract_features.py --data data/dfew --modality extra --extra-dir omnivec/ --name omnivec
 
-Modalities (one run each, read by utils/temporal.py):
+Modalities (one run each, read by utils/models/temporal.py):
   image      a frozen timm backbone (ImageNet weights from the hub or --pretrained-path; the kit's
              own fine-tuned image model with --checkpoint runs/image/<run>/best.pt, whose model,
              input size and decode size come from the run's config.json, so frames go through
@@ -16,7 +16,7 @@ Modalities (one run each, read by utils/temporal.py):
              (train_image.py --dataset dfew --fold k), by --checkpoint or --pretrained-path,
              bring the run's split.json along as generator_split.json: the clip model refuses
              them for any fold whose test clips they learnt from.
-  keypoints  OpenPose JSON from --openpose DIR/<clip>/*_keypoints.json (utils/openpose.py): the 25
+  keypoints  OpenPose JSON from --openpose DIR/<clip>/*_keypoints.json (utils/readers/openpose.py): the 25
              body and 70 face points as (x, y, c) in face-box coordinates, flattened to 285 values.
   audio      the mean log-mel (dB) of each frame's time span in data/audio/<clip>.npy; or, with
              --audio-run runs/audio/<run>, the kit's audio branch: that run's model on its three
@@ -31,7 +31,7 @@ A clip without the modality (no sound, no OpenPose folder, no extra file) gets z
 mask False and is counted; the temporal model ignores masked frames.
 
 Writes runs/features/<name>/: config.json, features.npz and metrics.json (written last: counts,
-seconds, clips/s). features.npz is the prediction-file schema (utils/preds.py) without
+seconds, clips/s). features.npz is the prediction-file schema (utils/evaluation/preds.py) without
 `logits`, since a frozen generator has no DFEW classifier, plus a mask, so it is deliberately
 not a preds file. Rows are every frame file (or, with --frames eval, the 16 evaluation frames)
 ordered by (txtid, frame); np.load(path, allow_pickle=False):
@@ -52,19 +52,19 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from utils.affwild2 import DataError
-from utils.audio import (AudioPipe, WindowDataset, frame_start_seconds, load_frame_times, log_mel, stack_bank,
+
+from utils.readers.audio import (AudioPipe, WindowDataset, frame_start_seconds, load_frame_times, log_mel, stack_bank,
                          window_columns, window_columns_timed)
 from utils.classes import NUM_DFEW_CLASSES, NUM_EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import WarningCounter, cli, log, table, track
-from utils.data import keep_batch
-from utils.dfew import clip_id, read_tables, weights_split
-from utils.engine import InputPipe, Rows, autocast, gather, pick_precision, setup_distributed, shard
-from utils.files import listdir
-from utils.models import create_model, features_and_logits, load_weights, normalisation
-from utils.openpose import KNOWN_KEYS, N_POINTS, KeypointStats, read_keypoints
-from utils.preds import order_by_key
+from utils.training.data import keep_batch
+from utils.readers.dfew import clip_id, read_tables, weights_split
+from utils.training.engine import InputPipe, Rows, autocast, gather, pick_precision, setup_distributed, shard
+from utils.files import DataError, listdir
+from utils.models.backbones import create_model, features_and_logits, load_weights, normalisation
+from utils.readers.openpose import KNOWN_KEYS, N_POINTS, KeypointStats, read_keypoints
+from utils.evaluation.preds import order_by_key
 from utils.runs import is_complete, read_json, save_config, save_npz, write_json
 
 cv2.setNumThreads(1)
@@ -199,7 +199,7 @@ def keypoint_features(cfg, frames: pd.DataFrame, warnings) -> tuple[np.ndarray, 
 
 
 def clip_sound(row, rate: int, warnings) -> np.ndarray | None:
-    """A clip's decoded sound (utils.media: finite mono float32), or None (counted) without one."""
+    """A clip's decoded sound (utils.readers.media: finite mono float32), or None (counted) without one."""
     if not row["has_audio"]:
         warnings("no audio", f"clip {row.name} has no sound; masked")
         return None

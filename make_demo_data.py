@@ -1,7 +1,7 @@
 """Write a synthetic dataset in the exact Aff-Wild2 EXPR layout (DESIGN.md section 3).
 
 Usage: python make_demo_data.py --out demo/affwild2_raw [--seed 0] [--videos N] [--scale small|medium]
-       python make_demo_data.py --dataset dfew --out demo/dfew_raw [--clips 80] [--openpose 0.9] [--hidden 0.5]   (utils/synthetic_dfew.py)
+       python make_demo_data.py --dataset dfew --out demo/dfew_raw [--clips 80] [--openpose 0.9] [--hidden 0.5]   (utils/synthetic/dfew.py)
 
 What it writes, and the quirks of the real data it reproduces:
   annotations/<challenge>/{Train_Set,Validation_Set}/<txtid>.txt   labels in 0.5-5 s segments,
@@ -13,7 +13,7 @@ What it writes, and the quirks of the real data it reproduces:
   *_test_set_release.txt, CVPR_6th_ABAW_Expr_test_set_sample.txt   the test list and template
   demo_ground_truth/Test_Set/<txtid>.txt   the labels the organisers keep secret
   demo_manifest.json   what was written: the counts prepare_data.py must report
-Faces and voices depend on the class so that fusion must win (see utils/synthetic.py).
+Faces and voices depend on the class so that fusion must win (see utils/synthetic/affwild2.py).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from utils.classes import EXPR_HEADER, EXPR_TEMPLATE_HEADER, NUM_EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import cli, log, table
 from utils.runs import write_json, write_text
-from utils.synthetic import FaceRenderer, expression_track, voice_track, write_video
-from utils.synthetic_dfew import best_uar, make_dfew
+from utils.synthetic.affwild2 import FaceRenderer, expression_track, voice_track, write_video
+from utils.synthetic.dfew import best_uar, make_dfew
 
 # Real Aff-Wild2 train+val class mix (shared/fixtures/affwild2_stats/README.md), in percent.
 CLASS_MIX = np.array([30.0, 2.7, 1.9, 2.0, 14.8, 12.1, 4.9, 31.7])
@@ -38,7 +38,7 @@ SCALES = {"small": dict(videos=16, seconds=(15, 30)), "medium": dict(videos=40, 
 FPS_CYCLE = (30.0, 25.0, 29.97)
 LABEL_EXTRA_CYCLE = (1, 0, 1, 2, 1, 0, -1)   # label lines minus decoded frames, as in the real data
 MIN_SEGMENTS = {"train": 4, "val": 2, "test": 0}  # every class must occur, or macro-F1 means little
-# The DFEW demo's ablation settings (utils.temporal) as streams of utils.synthetic_dfew.best_uar.
+# The DFEW demo's ablation settings (utils.models.temporal) as streams of utils.synthetic.dfew.best_uar.
 BOUNDS_SHOWN = (("frame_average",), ("image",), ("image", "keypoints"), ("image", "keypoints", "audio"))
 
 
@@ -181,7 +181,7 @@ def manifest_counts(per_txtid: dict) -> dict:
 def main(argv=None):
     cfg = parse_config(DemoDataConfig, argv, description=__doc__.split("\n")[0])
     root = Path(cfg.out)
-    if cfg.dataset == "dfew":   # the synthetic DFEW tree and its quirks: utils/synthetic_dfew.py
+    if cfg.dataset == "dfew":   # the synthetic DFEW tree and its quirks: utils/synthetic/dfew.py
         for name in ("openpose", "hidden"):
             if not 0 <= getattr(cfg, name) <= 1:
                 raise SystemExit(f"error: --{name} {getattr(cfg, name)}: a share of the clips, 0..1")
@@ -191,7 +191,7 @@ def main(argv=None):
         manifest = make_dfew(root, cfg.seed, cfg.clips, frames_16f=True, openpose=cfg.openpose, hidden=cfg.hidden,
                              jobs=cfg.jobs)
         log(f"wrote a synthetic DFEW tree of {cfg.clips} clips to {root}")
-        table("Best UAR each set of streams can reach on these clips, by construction (utils/synthetic_dfew.py)",
+        table("Best UAR each set of streams can reach on these clips, by construction (utils/synthetic/dfew.py)",
               ["streams", "best UAR"], [[" + ".join(s), best_uar(manifest["clips"], s)] for s in BOUNDS_SHOWN])
         return
     if (root / "demo_manifest.json").exists():

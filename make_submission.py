@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.affwild2 import DataError, read_release_list, read_template
+from utils.files import DataError
+from utils.readers.affwild2 import read_release_list, read_template
 from utils.classes import EXPR_CLASSES, NUM_EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import cli, log, table
-from utils.ensemble import Member, apply_spec, load_members
-from utils.preds import check_same_frames, order_by_key
+from utils.evaluation.ensemble import Member, apply_spec, load_members
+from utils.evaluation.preds import check_same_frames, order_by_key
 from utils.runs import read_json
-from utils.submission import (PER_VIDEO_DIR, clear_outputs, location, score_per_video,
+from utils.evaluation.submission import (PER_VIDEO_DIR, clear_outputs, location, score_per_video,
                               validate_per_video, validate_template, write_per_video,
                               write_template, write_zip)
 

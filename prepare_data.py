@@ -1,7 +1,7 @@
 """Index a dataset tree into the tables every stage reads, and decode each video's audio once.
 
 Usage: python prepare_data.py --dataset affwild2 --root /data/affwild2 --out data/affwild2 [--jobs 8]
-       python prepare_data.py --dataset dfew --root /data/DFEW --out data/dfew   (see utils/dfew.py)
+       python prepare_data.py --dataset dfew --root /data/DFEW --out data/dfew   (see utils/readers/dfew.py)
 
 Writes (DESIGN.md section 4):
   frames.parquet   one row per frame to train on or predict: split, txtid, videoid, frame
@@ -23,15 +23,15 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from utils import affwild2
-from utils.affwild2 import DataError
-from utils.audio import ensure_spectrograms
-from utils.dfew import prepare_dfew
+from utils.readers import affwild2
+
+from utils.readers.audio import ensure_spectrograms
+from utils.readers.dfew import prepare_dfew
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import WarningCounter, cli, log, table, track
-from utils.files import IMAGE_EXTENSIONS
-from utils.media import prepare_media, report_media
+from utils.files import DataError, IMAGE_EXTENSIONS
+from utils.readers.media import prepare_media, report_media
 from utils.runs import read_json, save_npy, save_parquet, write_json
 
 

@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from utils.audio import (AudioPipe, WindowDataset, bank_stats, ensure_spectrograms, frame_windows, load_bank,
+from utils.readers.audio import (AudioPipe, WindowDataset, bank_stats, ensure_spectrograms, frame_windows, load_bank,
                          pure_windows, spec_folder)
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import cli, log, table
-from utils.data import ClassBalancedSampler, keep_batch, load_frames, load_videos, nearest_index, need
-from utils.engine import Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
-from utils.models import create_model, features_and_logits, load_weights
-from utils.preds import save_preds, skip_split
+from utils.training.data import ClassBalancedSampler, keep_batch, load_frames, load_videos, nearest_index, need
+from utils.training.engine import Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
+from utils.models.backbones import create_model, features_and_logits, load_weights
+from utils.evaluation.preds import save_preds, skip_split
 from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
 
 

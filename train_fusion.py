@@ -9,7 +9,7 @@ rerun with another seed takes minutes. Writes runs/fusion/<name>_seed<k>/ like t
 scripts; preds/<split>.npz holds logits_image, logits_audio, logits_fusion (the three heads),
 logits (their ensemble) and the pooled fusion feature. Prints the paper's Table 2: val macro-F1
 of each head and the ensemble next to the branch runs it was trained from.
-With --dataset dfew it trains the DFEW clip model instead (utils/temporal.py, its own options:
+With --dataset dfew it trains the DFEW clip model instead (utils/models/temporal.py, its own options:
 `train_fusion.py --dataset dfew -h`).
 """
 from __future__ import annotations
@@ -22,16 +22,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from utils import temporal
-from utils.affwild2 import DataError
+from utils.models import temporal
+from utils.files import DataError
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config, peek
 from utils.console import cli, log, table
-from utils.data import ClassBalancedSampler, keep_batch, load_frames, need
-from utils.engine import Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
-from utils.fusion import ModalFusionModule, TokenDataset, context_offsets, context_rows, ensemble_logits, sort_rows
-from utils.models import load_weights
-from utils.preds import check_same_frames, load_preds, save_preds, skip_split
+from utils.training.data import ClassBalancedSampler, keep_batch, load_frames, need
+from utils.training.engine import Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
+from utils.models.fusion import ModalFusionModule, TokenDataset, context_offsets, context_rows, ensemble_logits, sort_rows
+from utils.models.backbones import load_weights
+from utils.evaluation.preds import check_same_frames, load_preds, save_preds, skip_split
 from utils.runs import is_complete, run_dir, save_config, seed_everything, write_json
 
 HEADS = ("fusion", "image", "audio")

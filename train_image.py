@@ -9,7 +9,7 @@ resumes from it), preds/{train,val,test}.npz for every frame of every video (fra
 crop take the nearest crop's output, has_crop=False) and metrics.json, written last.
 
 --dataset dfew fine-tunes a DFEW feature generator for one test fold: each frame of the fold's
-training clips carries its clip's label, a seeded share of them (utils.dfew.fold_split, the
+training clips carries its clip's label, a seeded share of them (utils.readers.dfew.fold_split, the
 clip model's own split for the same --seed and --val-share) selects best.pt on clip UAR (the
 mean logits of a clip's 16 evaluation frames), and the test fold is only predicted. The run is
 runs/image/dfew-<model>-fold<k>_seed<s>/ with split.json and preds/{val,test}.npz of the 16
@@ -24,16 +24,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from utils.affwild2 import DataError
+from utils.files import DataError
 from utils.classes import DFEW_CLASSES, EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import cli, log, table, warn
-from utils.data import (ClassBalancedSampler, CropDataset, image_augmentation, load_frames, nearest_index, need,
+from utils.training.data import (ClassBalancedSampler, CropDataset, image_augmentation, load_frames, nearest_index, need,
                         seed_worker)
-from utils.dfew import clip_score, fold_frames, seen_clips, weights_split
-from utils.engine import InputPipe, Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
-from utils.models import create_model, features_and_logits, load_weights, normalisation
-from utils.preds import save_preds, skip_split
+from utils.readers.dfew import clip_score, fold_frames, seen_clips, weights_split
+from utils.training.engine import InputPipe, Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
+from utils.models.backbones import create_model, features_and_logits, load_weights, normalisation
+from utils.evaluation.preds import save_preds, skip_split
 from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
 
 

@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_audio.py [--quick] [--work /tmp/benchaudio] [--data DIR --run RUN]
 
-1. utils.audio.log_mel at the default settings on synthetic audio (noise + tones): seconds
+1. utils.readers.audio.log_mel at the default settings on synthetic audio (noise + tones): seconds
    per hour of audio and x real time, on one thread and on torch's default thread count.
 2. One DataLoader worker's work, in this process on one thread: WindowDataset.__getitems__
    (one gather from the cached float16 bank) next to the naive alternative, a log-mel per
@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import train_audio  # noqa: E402
-from utils.audio import (FLOOR_DB, AudioPipe, WindowDataset, ensure_spectrograms, frame_windows,  # noqa: E402
+from utils.readers.audio import (FLOOR_DB, AudioPipe, WindowDataset, ensure_spectrograms, frame_windows,  # noqa: E402
                          load_bank, log_mel, window_columns)
 from utils.classes import EXPR_CLASSES  # noqa: E402
 from utils.console import log, table  # noqa: E402
-from utils.data import load_frames, load_videos  # noqa: E402
-from utils.engine import pick_precision, score, setup_distributed  # noqa: E402
-from utils.models import create_model, load_weights  # noqa: E402
+from utils.training.data import load_frames, load_videos  # noqa: E402
+from utils.training.engine import pick_precision, score, setup_distributed  # noqa: E402
+from utils.models.backbones import create_model, load_weights  # noqa: E402
 from utils.runs import read_json, write_json  # noqa: E402
 
 SR, N_FFT, HOP, N_MELS = 16000, 2048, 1024, 128

@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 import extract_features  # noqa: E402
 import train_image  # noqa: E402
-from utils import temporal  # noqa: E402
+from utils.models import temporal  # noqa: E402
 from utils.console import log, table  # noqa: E402
-from utils.dfew import prepare_dfew  # noqa: E402
+from utils.readers.dfew import prepare_dfew  # noqa: E402
 from utils.runs import save_config, save_npz, write_json  # noqa: E402
-from utils.synthetic_dfew import make_dfew  # noqa: E402
+from utils.synthetic.dfew import make_dfew  # noqa: E402
 
 # DFEW's single-labelled clips per class (Happy, Sad, Neutral, Angry, Surprise, Disgust, Fear).
 DFEW_CLASS_COUNTS = np.array([2895, 2056, 2786, 2041, 1404, 146, 369])

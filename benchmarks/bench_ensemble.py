@@ -29,11 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 import ensemble  # noqa: E402
 import make_submission  # noqa: E402
-from utils.affwild2 import videoid_of  # noqa: E402
+from utils.readers.affwild2 import videoid_of  # noqa: E402
 from utils.classes import EXPR_TEMPLATE_HEADER, NUM_EXPR_CLASSES  # noqa: E402
 from utils.config import parse_config  # noqa: E402
 from utils.console import log, table  # noqa: E402
-from utils.preds import save_preds  # noqa: E402
+from utils.evaluation.preds import save_preds  # noqa: E402
 from utils.runs import read_json, write_json  # noqa: E402
 
 C = NUM_EXPR_CLASSES

@@ -8,7 +8,7 @@ length, so the image context near video edges is realistic), labels from each vi
 counts and -1 frames, cut into segments of 30-300 frames. Then, through train_fusion.py's own
 code path (FusionConfig defaults, ClassBalancedSampler with the median-class cap, DataLoader with
 keep_batch, the engine's Trainer):
-  1. context rows (utils.fusion.context_rows) for every frame: seconds,
+  1. context rows (utils.models.fusion.context_rows) for every frame: seconds,
   2. one training epoch of the class-balanced draw: seconds and samples/s,
   3. train_fusion.predict over every frame: samples/s,
 and peak memory (process RSS on CPU, allocated GPU memory on CUDA).
@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 from train_fusion import FusionConfig, predict  # noqa: E402
 from utils.classes import NUM_EXPR_CLASSES  # noqa: E402
 from utils.console import log, table  # noqa: E402
-from utils.data import ClassBalancedSampler, keep_batch  # noqa: E402
-from utils.engine import Trainer, pick_precision, setup_distributed  # noqa: E402
-from utils.fusion import ModalFusionModule, TokenDataset, context_offsets, context_rows  # noqa: E402
+from utils.training.data import ClassBalancedSampler, keep_batch  # noqa: E402
+from utils.training.engine import Trainer, pick_precision, setup_distributed  # noqa: E402
+from utils.models.fusion import ModalFusionModule, TokenDataset, context_offsets, context_rows  # noqa: E402
 from utils.runs import seed_everything  # noqa: E402
 
 C = NUM_EXPR_CLASSES

@@ -21,9 +21,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils.data import CropDataset, image_augmentation, load_frames  # noqa: E402
-from utils.engine import InputPipe, autocast, pick_precision  # noqa: E402
-from utils.models import create_model, normalisation  # noqa: E402
+from utils.training.data import CropDataset, image_augmentation, load_frames  # noqa: E402
+from utils.training.engine import InputPipe, autocast, pick_precision  # noqa: E402
+from utils.models.backbones import create_model, normalisation  # noqa: E402
 
 
 def ensure_data(data: Path) -> Path:

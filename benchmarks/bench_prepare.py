@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import make_demo_data  # noqa: E402
 import prepare_data  # noqa: E402
 from utils.classes import EXPR_HEADER  # noqa: E402
-from utils.media import decode_audio, probe_video  # noqa: E402
+from utils.readers.media import decode_audio, probe_video  # noqa: E402
 
 STATS = ROOT.parent / "shared" / "fixtures" / "affwild2_stats"
 

@@ -80,7 +80,7 @@ def tone(seconds: float, rate: int, freq: float = 440.0) -> np.ndarray:
 
 def write_test_video(path: Path, n_frames: int, fps: float, audio_seconds: float | None = None,
                      sample_rate: int = 44100, freq: float = 440.0) -> Path:
-    from utils.synthetic import VIDEO_SIZE, write_video
+    from utils.synthetic.affwild2 import VIDEO_SIZE, write_video
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = [np.zeros((VIDEO_SIZE, VIDEO_SIZE, 3), np.uint8)] * n_frames
     audio = None if audio_seconds is None else tone(audio_seconds, sample_rate, freq)

@@ -5,8 +5,8 @@ import pytest
 
 import prepare_data
 from conftest import write_crops, write_labels, write_test_video
-from utils import affwild2
-from utils.affwild2 import DataError
+from utils.readers import affwild2
+from utils.files import DataError
 from utils.classes import EXPR_TEMPLATE_HEADER
 
 

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 import train_audio
-import utils.audio as audio
+from utils.readers import audio
 from utils.classes import EXPR_CLASSES
-from utils.preds import load_preds
+from utils.evaluation.preds import load_preds
 
 TINY = ["--preset", "demo", "--img-size", "32", "--epochs", "1", "--max-per-class", "30",
         "--predict-stride", "8", "--jobs", "1"]

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import make_demo_data
-from utils import affwild2
-from utils.media import decode_audio
+from utils.readers import affwild2
+from utils.readers.media import decode_audio
 
 
 def digest(root):

@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from utils import dfew, synthetic_dfew
-from utils.affwild2 import DataError
+from utils.readers import dfew
+from utils.synthetic import dfew as synthetic_dfew
+from utils.files import DataError
 from utils.console import WarningCounter
-from utils.openpose import read_keypoints
-from utils.synthetic_dfew import make_dfew
+from utils.readers.openpose import read_keypoints
+from utils.synthetic.dfew import make_dfew
 
 LABELS = {1: 0, 2: 1, 3: 2, 4: 3, 5: 6}   # clip -> 0-based label; 6 (Fear) is written 7 1-based
 

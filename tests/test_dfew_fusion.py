@@ -1,12 +1,12 @@
 """The DFEW clip model gains from a stream that carries what another lacks, and loses nothing by
-a stream a clip does not have (utils/temporal.py: absent streams, modality dropout)."""
+a stream a clip does not have (utils/models/temporal.py: absent streams, modality dropout)."""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 import train_fusion
-from utils import temporal
+from utils.models import temporal
 from utils.runs import save_config, save_parquet, write_json
 
 

@@ -10,9 +10,9 @@ import torch
 import extract_features
 import train_fusion
 import train_image
-from utils import temporal
-from utils.dfew import clip_score, fold_split, prepare_dfew
-from utils.synthetic_dfew import make_dfew
+from utils.models import temporal
+from utils.readers.dfew import clip_score, fold_split, prepare_dfew
+from utils.synthetic.dfew import make_dfew
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""ensemble.py and utils/ensemble.py: weight search, smoothing, biases, honesty, alignment."""
+"""ensemble.py and utils/evaluation/ensemble.py: weight search, smoothing, biases, honesty, alignment."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +8,10 @@ import pytest
 
 import ensemble
 from utils.classes import NUM_EXPR_CLASSES
-from utils.ensemble import (Member, SearchOptions, apply_spec, fast_macro_f1, group_runs,
+from utils.evaluation.ensemble import (Member, SearchOptions, apply_spec, fast_macro_f1, group_runs,
                             honest_estimate, load_members, search_weights, smooth, softmax, tune)
-from utils.metrics import macro_f1
-from utils.preds import save_preds
+from utils.evaluation.metrics import macro_f1
+from utils.evaluation.preds import save_preds
 from utils.runs import read_json, write_json
 
 C = NUM_EXPR_CLASSES

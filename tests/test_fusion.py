@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import train_fusion
-from utils.fusion import ModalFusionModule, TokenDataset, context_offsets, context_rows
-from utils.preds import load_preds
+from utils.models.fusion import ModalFusionModule, TokenDataset, context_offsets, context_rows
+from utils.evaluation.preds import load_preds
 
 
 def test_context_rows_mask_frames_past_the_video_edges():
@@ -63,7 +63,7 @@ def test_fusion_beats_both_branches_and_reports_table_2(fusion_run, image_run, a
     table = metrics["table_2"]
     assert set(table) == {"image-branch run", "audio-branch run", "image head", "audio head",
                           "fusion head (MFM)", "ensemble of the three"}
-    # Each sense confuses two pairs of classes that the other tells apart (utils/synthetic.py).
+    # Each sense confuses two pairs of classes that the other tells apart (utils/synthetic/affwild2.py).
     assert metrics["val_macro_f1"] > max(table["image-branch run"], table["audio-branch run"]) + 0.03
     assert table["image-branch run"] == pytest.approx(json.loads((image_run / "metrics.json").read_text())["val_macro_f1"])
     assert table["audio-branch run"] == pytest.approx(json.loads((audio_run / "metrics.json").read_text())["val_macro_f1"])

@@ -9,9 +9,9 @@ import torch
 from utils.files import DataError
 
 import train_image
-import utils.engine as engine
-from utils.data import ClassBalancedSampler, CropDataset, nearest_index
-from utils.preds import load_preds
+from utils.training import engine
+from utils.training.data import ClassBalancedSampler, CropDataset, nearest_index
+from utils.evaluation.preds import load_preds
 
 TINY = ["--preset", "demo", "--img-size", "32", "--epochs", "2", "--max-per-class", "30",
         "--no-tta", "--seed", "3"]
@@ -181,7 +181,7 @@ def test_torchrun_two_processes_write_one_complete_prediction_set(demo_data, tmp
 
 
 def test_pretrained_path_loads_a_local_weights_file(tmp_path):
-    from utils.models import create_model
+    from utils.models.backbones import create_model
     source = create_model("test_efficientnet", 1000)
     torch.save(source.state_dict(), tmp_path / "weights.pth")
     model = create_model("test_efficientnet", 8, pretrained_path=str(tmp_path / "weights.pth"))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import make_av, tone, write_test_video
-from utils.media import decode_audio, probe_video, read_video
+from utils.readers.media import decode_audio, probe_video, read_video
 
 HOP = 1024  # the spectrogram hop: decoded length must match the duration within one hop
 

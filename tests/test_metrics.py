@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from utils.metrics import expr_confusion, macro_f1, per_class_f1, uar_war
+from utils.evaluation.metrics import expr_confusion, macro_f1, per_class_f1, uar_war
 
 
 def test_macro_f1_ignores_minus_one_and_averages_all_eight_classes():

@@ -15,12 +15,12 @@ import train_fusion
 import train_image
 from conftest import make_av, tone, write_crops, write_labels
 from test_dfew_data import person, tiny_tree, write_frames, write_keypoints
-from utils import affwild2, audio, dfew
+from utils.readers import affwild2, audio, dfew
 from utils.classes import EXPR_HEADER
 from utils.console import WarningCounter
 from utils.files import DataError, read_lines
-from utils.media import read_video
-from utils.openpose import read_keypoints
+from utils.readers.media import read_video
+from utils.readers.openpose import read_keypoints
 
 RATE = 16000
 
@@ -204,8 +204,8 @@ def test_nan_in_an_extra_feature_masks_its_frames_and_a_nan_spectrogram_names_th
 
 
 def test_a_non_finite_loss_names_the_rows_that_produced_it(tmp_path):
-    from utils.data import ClassBalancedSampler, keep_batch
-    from utils.engine import Dist, Trainer
+    from utils.training.data import ClassBalancedSampler, keep_batch
+    from utils.training.engine import Dist, Trainer
 
     class Rows(torch.utils.data.Dataset):
         def __init__(self):
@@ -406,7 +406,7 @@ def test_the_real_speech_tree_prepares_and_trains_the_audio_branch(tmp_path, rea
 
 def test_pretrained_weights_that_cannot_be_fetched_are_one_line(monkeypatch):
     import huggingface_hub.constants
-    from utils.models import create_model
+    from utils.models.backbones import create_model
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)   # as on a machine without internet
     with pytest.raises(DataError, match=r"could not be fetched .* --pretrained-path FILE .* --no-pretrained"):
         create_model("resnet18", 8, pretrained=True)

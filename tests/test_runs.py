@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.affwild2 import DataError
-from utils.preds import check_same_frames, load_preds, save_preds
+from utils.files import DataError
+from utils.evaluation.preds import check_same_frames, load_preds, save_preds
 from utils.runs import atomic_path, is_complete, save_config, seed_everything, write_json
 
 

@@ -1,4 +1,4 @@
-"""make_submission.py and utils/submission.py: ABAW files, validation, val score from disk, zip."""
+"""make_submission.py and utils/evaluation/submission.py: ABAW files, validation, val score from disk, zip."""
 from __future__ import annotations
 
 import zipfile
@@ -10,12 +10,13 @@ import pytest
 
 import ensemble
 import make_submission
-from utils.affwild2 import DataError, read_template
+from utils.files import DataError
+from utils.readers.affwild2 import read_template
 from utils.classes import EXPR_HEADER, EXPR_TEMPLATE_HEADER, NUM_EXPR_CLASSES
-from utils.ensemble import Member, apply_spec, load_members
-from utils.preds import order_by_key, save_preds
+from utils.evaluation.ensemble import Member, apply_spec, load_members
+from utils.evaluation.preds import order_by_key, save_preds
 from utils.runs import read_json, write_json
-from utils.submission import (PER_VIDEO_DIR, read_label_file, validate_per_video,
+from utils.evaluation.submission import (PER_VIDEO_DIR, read_label_file, validate_per_video,
                               validate_template)
 
 C = NUM_EXPR_CLASSES

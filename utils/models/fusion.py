@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from utils.preds import order_by_key
+from utils.evaluation.preds import order_by_key
 
 
 def context_offsets(context: int, stride: int) -> np.ndarray:

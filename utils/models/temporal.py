@@ -3,7 +3,7 @@
 Usage: python train_fusion.py --dataset dfew --data data/dfew --features runs/features/resnet18 \
            [runs/features/openpose runs/features/logmel ...] [--fold 1 | --folds all] [--ablation] --seed 0
 
-Data. Each clip gives 16 frame positions (utils.dfew.sample_indices: one random frame per
+Data. Each clip gives 16 frame positions (utils.readers.dfew.sample_indices: one random frame per
 segment in training, redrawn every epoch from (seed, epoch); segment centres otherwise), and
 every feature run its features of those frames with a mask. A run that lacks a frame (made
 with --frames eval) gives the nearest frame it has; a masked frame stays masked.
@@ -23,7 +23,7 @@ streams it has. Training drops each stream of each clip whole with p = --modalit
 (ModDrop, Neverova et al. 2016), so the model learns to score every subset of its streams.
 FrameAverage, a linear head on the mean primary feature, is the order-blind baseline.
 Selection. Per fold, a stratified, seeded share of the training clips is the validation
-split (utils.dfew.fold_split); best.pt is chosen on its UAR (ties: lower cross-entropy), never
+split (utils.readers.dfew.fold_split); best.pt is chosen on its UAR (ties: lower cross-entropy), never
 on the test fold.
 Generators fine-tuned per fold. '{fold}' in a --features path stands for the test fold, e.g.
 runs/features/image-dfew-resnet18-fold{fold}_seed0 (train_image.py --dataset dfew --fold k,
@@ -46,16 +46,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from utils.affwild2 import DataError
+from utils.files import DataError
 from utils.classes import DFEW_CLASSES, NUM_DFEW_CLASSES
 from utils.config import parse_config
 from utils.console import log, table, warn
-from utils.data import ClassBalancedSampler, keep_batch, nearest_index
-from utils.dfew import fold_split, read_tables, sample_indices, seen_clips
-from utils.engine import Rows, Trainer, autocast, pick_precision, setup_distributed
-from utils.metrics import per_class_f1, uar_war
-from utils.models import load_weights
-from utils.preds import save_preds
+from utils.training.data import ClassBalancedSampler, keep_batch, nearest_index
+from utils.readers.dfew import fold_split, read_tables, sample_indices, seen_clips
+from utils.training.engine import Rows, Trainer, autocast, pick_precision, setup_distributed
+from utils.evaluation.metrics import per_class_f1, uar_war
+from utils.models.backbones import load_weights
+from utils.evaluation.preds import save_preds
 from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
 
 KINDS = ("image", "keypoints", "audio", "extra")   # the ablation adds them in this order

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.affwild2 import DataError
+from utils.files import DataError
 from utils.console import log
 from utils.runs import save_npz
 

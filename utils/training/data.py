@@ -1,7 +1,7 @@
 """Datasets and the class-balanced resampler shared by the training scripts.
 
 Images leave the worker processes as 112x112 uint8 (decode + augmentation only); resizing to
-the model's input and normalisation happen on the device (utils.engine.to_model_input), so
+the model's input and normalisation happen on the device (utils.training.engine.to_model_input), so
 a weak CPU feeding a GPU does no float work per image.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def image_augmentation(strength: float = 1.0, size: int = 112) -> A.Compose | No
     RandomResizedCrop and RandomBrightnessContrast do the job in ~30 us, and the crops are
     already aligned, so rotation adds little. Coarse dropout (~130 us here, most of it
     choosing the holes in Python) runs on the device instead, on the whole batch: timm's
-    RandomErasing in utils.engine.InputPipe.
+    RandomErasing in utils.training.engine.InputPipe.
     """
     if strength <= 0:
         return None

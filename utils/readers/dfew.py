@@ -44,12 +44,12 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 
-from utils.affwild2 import DataError
+
 from utils.classes import DFEW_CLASSES, NUM_DFEW_CLASSES
 from utils.console import WarningCounter, log, table, track
-from utils.files import frame_number, is_image, numbered_images, read_lines, walk
-from utils.media import prepare_media, report_media
-from utils.metrics import per_class_f1, uar_war
+from utils.files import DataError, frame_number, is_image, numbered_images, read_lines, walk
+from utils.readers.media import prepare_media, report_media
+from utils.evaluation.metrics import per_class_f1, uar_war
 from utils.runs import read_json, save_parquet, write_json, write_text
 
 FRAME_KINDS = ("clip_224x224", "clip_224x224_16f")   # the official release's frame roots, the first preferred
@@ -457,7 +457,7 @@ def _usable_folds(layout: DfewLayout, with_frames: set[str], warnings) -> pd.Dat
 
 def add_audio(clips: pd.DataFrame, root: Path, out: Path, jobs: int, sample_rate: int,
               force: bool, warnings) -> pd.DataFrame:
-    """has_audio, audio_path, audio_samples and frame_times per clip (utils.media.prepare_media);
+    """has_audio, audio_path, audio_samples and frame_times per clip (utils.readers.media.prepare_media);
     every clip left silent is counted. A clip video with a variable frame rate lends its frame
     timestamps to the clip's frame files when it has as many frames as there are files; otherwise
     the frames are spread evenly over the sound, and that is counted."""

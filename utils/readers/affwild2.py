@@ -27,7 +27,6 @@ import pandas as pd
 from utils.classes import EXPR_CLASSES, EXPR_HEADER, EXPR_TEMPLATE_HEADER, IGNORE_LABEL
 from utils.files import DataError, frame_number, is_image, numbered_images, read_lines, walk
 
-__all__ = ["DataError"]   # the kit's input error lives in utils.files; most modules import it from here
 
 SPLIT_FOLDERS = {"train_set": "train", "training_set": "train", "validation_set": "val"}
 # ABAW 2020-21 named the folder EXPR_Set, ABAW5 EXPR_Classification_Challenge, ABAW6+ EXPR_Recognition_Challenge.

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.affwild2 import DataError
+from utils.files import DataError
 from utils.classes import EXPR_HEADER, EXPR_TEMPLATE_HEADER, NUM_EXPR_CLASSES
-from utils.metrics import macro_f1
+from utils.evaluation.metrics import macro_f1
 from utils.runs import atomic_path, write_text
 
 PER_VIDEO_DIR = "per_video"

@@ -13,7 +13,7 @@ it is tuned on val, honest_estimate() also tunes on half of the val videos and s
 other half (and swaps).
 
 The search loops score thousands of candidates, so they use fast_macro_f1 (a bincount, equal
-to utils.metrics.macro_f1 on frames already stripped of -1); reported figures use utils.metrics.
+to utils.evaluation.metrics.macro_f1 on frames already stripped of -1); reported figures use utils.evaluation.metrics.
 """
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from utils.affwild2 import DataError, videoid_of
+from utils.files import DataError
+from utils.readers.affwild2 import videoid_of
 from utils.classes import IGNORE_LABEL, NUM_EXPR_CLASSES
-from utils.metrics import macro_f1
-from utils.preds import check_same_frames, load_preds
+from utils.evaluation.metrics import macro_f1
+from utils.evaluation.preds import check_same_frames, load_preds
 
 EPS = 1e-6            # floor before the log, so a smoothed probability of 0 stays finite
 SMOOTH_METHODS = ("median", "mean")
@@ -158,7 +159,7 @@ def apply_spec(probs: list[np.ndarray], txtid: np.ndarray, spec: dict) -> np.nda
 # ---------------------------------------------------------------- searches
 
 def fast_macro_f1(y: np.ndarray, pred: np.ndarray, num_classes: int = NUM_EXPR_CLASSES) -> float:
-    """Macro-F1 over all classes from one bincount; y holds no -1 (equals utils.metrics)."""
+    """Macro-F1 over all classes from one bincount; y holds no -1 (equals utils.evaluation.metrics)."""
     cm = np.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
     cm = cm.reshape(num_classes, num_classes)
     tp = np.diag(cm).astype(np.float64)

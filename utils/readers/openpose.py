@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.affwild2 import DataError
+
 from utils.console import WarningCounter
-from utils.files import listdir, read_text
+from utils.files import DataError, listdir, read_text
 
 BODY_POINTS, FACE_POINTS = 25, 70
 N_POINTS = BODY_POINTS + FACE_POINTS

@@ -25,7 +25,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
 from utils.console import log, track
-from utils.metrics import macro_f1, per_class_f1
+from utils.evaluation.metrics import macro_f1, per_class_f1
 from utils.runs import append_jsonl, save_torch
 
 TORCH_FOR_PASCAL = "pip install torch torchvision torchaudio --index-url https://download.pytorch.org/whl/cu126"

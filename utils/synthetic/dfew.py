@@ -1,7 +1,7 @@
 """A synthetic DFEW tree (DESIGN.md section 6) whose senses complement each other, with known bounds.
 
 The signal. Each clip is one person (identity, pose, lighting drift and pixel noise from
-utils.synthetic.FaceRenderer). The face holds expression A, then, at an onset drawn uniformly
+utils.synthetic.affwild2.FaceRenderer). The face holds expression A, then, at an onset drawn uniformly
 in 25-75 % of the clip, changes to expression B within a few frames (faces from FACE_PARAMS);
 at the same onset the body leans in or draws back (approach and withdrawal, the motivational
 axis of emotion), and the voice speaks throughout:
@@ -75,11 +75,11 @@ from joblib import Parallel, delayed
 from PIL import Image
 
 from utils.classes import DFEW_CLASSES, NUM_DFEW_CLASSES
-from utils.dfew import HEADER, N_FOLDS, sample_indices
+from utils.readers.dfew import HEADER, N_FOLDS, sample_indices
 from utils.runs import write_json, write_text
-from utils.synthetic import CROP_SIZE, FaceRenderer, expression_track, voice_track, write_video
+from utils.synthetic.affwild2 import CROP_SIZE, FaceRenderer, expression_track, voice_track, write_video
 
-# Rows of utils.synthetic.FACE_PARAMS / VOICE_PARAMS (Aff-Wild2 ids).
+# Rows of utils.synthetic.affwild2.FACE_PARAMS / VOICE_PARAMS (Aff-Wild2 ids).
 NEUTRAL, ANGER, HAPPINESS, SADNESS, SURPRISE = 0, 1, 4, 5, 6
 # DFEW class (0-based) -> (face A, face B, voice, body: +1 leans in at the onset, -1 draws back).
 # Twins share faces and voice, not the order; the body tells the direction, not the pair.

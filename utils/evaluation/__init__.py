@@ -1,0 +1,1 @@
+"""Metrics, prediction files, ensembles and ABAW submission files."""

@@ -1,0 +1,1 @@
+"""The networks: timm backbones, the Modal Fusion Module, the DFEW clip model."""

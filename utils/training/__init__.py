@@ -1,0 +1,1 @@
+"""The one training loop and the datasets and class-balanced sampler it draws from."""
