@@ -112,7 +112,7 @@ def read_video(path: Path, sample_rate: int = 16000) -> Decoded:
     with av.open(str(path)) as container:
         video, audio = _streams(container)
         fps = _rate(video)
-        pts, corrupt, chunks, nonfinite, channels = [], 0, [], 0, 0
+        pts, corrupt, chunks, nonfinite, channels, full_band = [], 0, [], 0, 0, {}
         # Packed float: PyAV's planar to_ndarray crashes on 8-channel (7.1) frames.
         resampler = av.AudioResampler(format="flt", rate=sample_rate) if audio is not None else None
         streams = [video] + ([audio] if audio is not None else [])
@@ -128,11 +128,11 @@ def read_video(path: Path, sample_rate: int = 16000) -> Decoded:
                 continue
             for frame in frames:
                 for out in resampler.resample(frame):
-                    channels, piece = _mono(out, chunks)
+                    channels, piece = _mono(out, chunks, full_band)
                     nonfinite += piece
         if resampler is not None:
             for out in resampler.resample(None):
-                channels, piece = _mono(out, chunks)
+                channels, piece = _mono(out, chunks, full_band)
                 nonfinite += piece
         n_frames = int(video.frames or 0) or len(pts)
         known = [p for p in pts if p is not None]
@@ -154,18 +154,22 @@ def read_video(path: Path, sample_rate: int = 16000) -> Decoded:
                    frame_times=times if vfr else None)
 
 
-def _mono(frame, chunks: list) -> tuple[int, int]:
+def _mono(frame, chunks: list, full_band: dict) -> tuple[int, int]:
     """Append the frame's mean over its full-band channels to chunks; returns (channels, non-finite
-    samples zeroed)."""
-    names = [c.name for c in frame.layout.channels]
-    planes = frame.to_ndarray().reshape(-1, len(names)).T   # packed flt: samples interleaved by channel
-    full_band = [i for i, name in enumerate(names) if not name.startswith("LFE")] or list(range(len(planes)))
-    mono = planes[full_band].mean(axis=0, dtype=np.float32)
+    samples zeroed). `full_band` caches the channels to average per layout."""
+    layout = frame.layout.name
+    if layout not in full_band:
+        names = [c.name for c in frame.layout.channels]
+        keep = [i for i, name in enumerate(names) if not name.startswith("LFE")] or list(range(len(names)))
+        full_band[layout] = (len(names), None if len(keep) == len(names) else keep)
+    channels, keep = full_band[layout]
+    planes = frame.to_ndarray().reshape(-1, channels)   # packed flt: samples interleaved by channel
+    mono = planes.mean(axis=1, dtype=np.float32) if keep is None else planes[:, keep].mean(axis=1, dtype=np.float32)
     bad = ~np.isfinite(mono)
     if bad.any():
         mono = np.where(bad, np.float32(0.0), mono)
     chunks.append(mono)
-    return planes.shape[0], int(bad.sum())
+    return channels, int(bad.sum())
 
 
 def decode_audio(path: Path, sample_rate: int = 16000) -> tuple[np.ndarray, int]:
