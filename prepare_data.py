@@ -32,7 +32,7 @@ from utils.config import parse_config
 from utils.console import WarningCounter, cli, log, table, track
 from utils.files import DataError, IMAGE_EXTENSIONS
 from utils.readers.media import prepare_media, report_media
-from utils.runs import read_json, save_npy, save_parquet, write_json
+from utils.runs import save_parquet, write_json
 
 
 @dataclass

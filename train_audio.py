@@ -22,9 +22,10 @@ from utils.readers.audio import (AudioPipe, WindowDataset, bank_stats, ensure_sp
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import cli, log, table
-from utils.training.data import ClassBalancedSampler, keep_batch, load_frames, load_videos, nearest_index, need
-from utils.training.engine import Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
-from utils.models.backbones import create_model, features_and_logits, load_weights
+from utils.training.data import ClassBalancedSampler, keep_batch, load_frames, load_videos, need
+from utils.training.engine import Trainer, pick_precision, score, setup_distributed
+from utils.models.backbones import create_model, load_weights
+from utils.evaluation.inference import predict_windows
 from utils.evaluation.preds import save_preds, skip_split
 from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
 
@@ -82,43 +83,6 @@ def loader_for(dataset, cfg, sampler=None, batch_size=None):
                       collate_fn=keep_batch, pin_memory=torch.cuda.is_available())
 
 
-@torch.no_grad()
-def predict_frames(model, frames, windows, cfg, pipe, d, precision):
-    """Logits (mean of the windows) and per-window features for every row of `frames`.
-
-    Windows depend only on (video, frame), so _left/_right txtids share them, and only every
-    cfg.predict_stride-th frame of a video (and its last) is computed; the rest take the nearest."""
-    bank, offset, n_columns, video, start, width = windows
-    keys = np.unique(np.stack([video, frames["frame"].to_numpy()], 1), axis=0)   # by video, then frame
-    row_key = np.searchsorted(keys[:, 0] * (1 << 32) + keys[:, 1], video * (1 << 32) + frames["frame"].to_numpy())
-    last = np.r_[keys[1:, 0] != keys[:-1, 0], True]
-    computed = ((keys[:, 1] - 1) % cfg.predict_stride == 0) | last
-    source = np.empty(len(keys), np.int64)
-    for idx in np.split(np.arange(len(keys)), np.flatnonzero(last)[:-1] + 1):   # one video at a time
-        source[idx] = idx[nearest_index(computed[idx])]
-    todo = np.flatnonzero(computed)
-    first_row = np.full(len(keys), -1)
-    first_row[row_key[::-1]] = np.arange(len(frames))[::-1]   # any row of a key gives its windows
-    rows = first_row[todo]
-    n_len = start.shape[1]
-    flat = WindowDataset(bank, offset, n_columns, np.repeat(video[rows], n_len), start[rows].reshape(-1),
-                         width[rows].reshape(-1), np.zeros(len(rows) * n_len))
-    part = shard(len(flat), d)
-    loader = loader_for(torch.utils.data.Subset(flat, part), cfg, batch_size=cfg.batch_size * 2)
-    model.eval()
-    out = Rows(len(part), features=np.float16)
-    for spec, widths, _ in loader:
-        with autocast(d.device, precision):
-            f, l = features_and_logits(model, pipe(spec, widths))
-        out.add(logits=l, features=f)
-    logits = gather(out.get("logits", len(EXPR_CLASSES)), d).reshape(len(todo), n_len, len(EXPR_CLASSES))
-    feats = gather(out.get("features", model.num_features), d).reshape(len(todo), n_len, model.num_features)
-    slot = np.full(len(keys), -1)
-    slot[todo] = np.arange(len(todo))
-    chosen = slot[source[row_key]]
-    return logits[chosen].mean(1), feats[chosen]
-
-
 def main(argv=None):
     cfg = parse_config(AudioConfig, argv, description=__doc__.split("\n")[0], presets=PRESETS)
     if len(cfg.window_frames) != len(cfg.purity):
@@ -156,6 +120,7 @@ def main(argv=None):
     model = create_model(cfg.model, len(EXPR_CLASSES), cfg.pretrained and not cfg.predict_only,
                          cfg.pretrained_path, cfg.img_size, in_chans=1, drop_path=cfg.drop_path)
     pipe = AudioPipe(cfg.img_size, mean, std, d.device, cfg.freq_mask, cfg.time_mask)
+    predict_args = dict(batch_size=cfg.batch_size * 2, stride=cfg.predict_stride, workers=cfg.workers)
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
         save_config(run, asdict(cfg) | dict(precision=precision, world_size=d.world_size, spec_mean_db=mean,
@@ -170,7 +135,7 @@ def main(argv=None):
     val = frames[val_mask].reset_index(drop=True)
 
     def evaluate(model):
-        logits, _ = predict_frames(model, val, windows_of(val_mask), cfg, pipe, d, precision)
+        logits, _ = predict_windows(model, val, windows_of(val_mask), pipe, d, precision, **predict_args)
         return score(val["label"].to_numpy(), logits)
 
     def step(net, batch):
@@ -212,7 +177,7 @@ def main(argv=None):
             if d.main:
                 skip_split(run, split, source)
             continue
-        logits, feats = predict_frames(model, part, windows_of(mask), cfg, pipe, d, precision)
+        logits, feats = predict_windows(model, part, windows_of(mask), pipe, d, precision, **predict_args)
         if d.main:
             save_preds(run / "preds" / f"{split}.npz", txtid=part["txtid"].to_numpy(), frame=part["frame"].to_numpy(),
                        label=part["label"].to_numpy(), has_crop=part["has_crop"].to_numpy(), logits=logits,

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from utils.models import temporal
@@ -28,13 +27,13 @@ from utils.classes import EXPR_CLASSES
 from utils.config import parse_config, peek
 from utils.console import cli, log, table
 from utils.training.data import ClassBalancedSampler, keep_batch, load_frames, need
-from utils.training.engine import Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
-from utils.models.fusion import ModalFusionModule, TokenDataset, context_offsets, context_rows, ensemble_logits, sort_rows
+from utils.training.engine import Trainer, pick_precision, score, setup_distributed
+from utils.evaluation.inference import predict_tokens
+from utils.models.fusion import HEADS, ModalFusionModule, TokenDataset, context_offsets, context_rows, sort_rows
 from utils.models.backbones import load_weights
 from utils.evaluation.preds import check_same_frames, load_preds, save_preds, skip_split
 from utils.runs import is_complete, run_dir, save_config, seed_everything, write_json
 
-HEADS = ("fusion", "image", "audio")
 # Kim, Kim, Won (ABAW5 2023), Table 2: Aff-Wild2 validation macro-F1 (%).
 PAPER_TABLE_2 = {"image": 25.61, "audio": 14.12, "fusion": 25.09, "ensemble": 27.77}
 
@@ -108,21 +107,6 @@ def dataset_for(split: dict, offsets, rows=None) -> TokenDataset:
     return TokenDataset(split["image"], split["audio"], context, split["label"], rows, (split["txtid"], split["frame"]))
 
 
-@torch.no_grad()
-def predict(model, dataset, cfg, d, precision) -> dict:
-    """The three heads, their ensemble and the pooled feature for every row of `dataset`."""
-    part = torch.utils.data.Subset(dataset, shard(len(dataset), d))
-    model.eval()
-    out = Rows(len(part))
-    for image, mask, audio, _ in DataLoader(part, batch_size=cfg.batch_size * 4, collate_fn=keep_batch):
-        with autocast(d.device, precision):
-            y = model(image.to(d.device), mask.to(d.device), audio.to(d.device))
-        y["ensemble"] = ensemble_logits(y)
-        out.add(**y)
-    return {k: gather(out.get(k, model.num_features if k == "features" else len(EXPR_CLASSES)), d)
-            for k in (*HEADS, "ensemble", "features")}
-
-
 def table_2(val: dict, outputs: dict) -> dict:
     labels = val["label"]
     rows = {"image-branch run": val["logits_image_run"], "audio-branch run": val["logits_audio_run"],
@@ -181,7 +165,7 @@ def main(argv=None):
     val_data = dataset_for(val, offsets, val_rows)
 
     def evaluate(model):
-        return score(val["label"][val_rows], predict(model, val_data, cfg, d, precision)["ensemble"])
+        return score(val["label"][val_rows], predict_tokens(model, val_data, d, precision, batch_size=cfg.batch_size * 4)["ensemble"])
 
     def step(net, batch):
         image, mask, audio, labels = (t.to(d.device, non_blocking=True) for t in batch)
@@ -211,7 +195,7 @@ def main(argv=None):
             if d.main:
                 skip_split(run, name, f"{cfg.image}/preds and {cfg.audio}/preds")
             continue
-        outputs = predict(model, dataset_for(split, offsets), cfg, d, precision)
+        outputs = predict_tokens(model, dataset_for(split, offsets), d, precision, batch_size=cfg.batch_size * 4)
         if d.main:
             save_preds(run / "preds" / f"{name}.npz", txtid=split["txtid"], frame=split["frame"], label=split["label"],
                        has_crop=split["has_crop"], logits=outputs["ensemble"], features=outputs["features"],

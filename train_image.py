@@ -20,19 +20,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from utils.files import DataError
 from utils.classes import DFEW_CLASSES, EXPR_CLASSES
 from utils.config import parse_config
-from utils.console import cli, log, table, warn
-from utils.training.data import (ClassBalancedSampler, CropDataset, image_augmentation, load_frames, nearest_index, need,
+from utils.console import cli, log, table
+from utils.training.data import (ClassBalancedSampler, CropDataset, image_augmentation, load_frames, need,
                         seed_worker)
 from utils.readers.dfew import clip_score, fold_frames, seen_clips, weights_split
-from utils.training.engine import InputPipe, Rows, Trainer, autocast, gather, pick_precision, score, setup_distributed, shard
-from utils.models.backbones import create_model, features_and_logits, load_weights, normalisation
+from utils.training.engine import InputPipe, Trainer, pick_precision, score, setup_distributed
+from utils.models.backbones import create_model, load_weights, normalisation
+from utils.evaluation.inference import infer_crops, predict_crops
 from utils.evaluation.preds import save_preds, skip_split
 from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
 
@@ -90,44 +90,6 @@ def loader_for(dataset, cfg, sampler=None, batch_size=None):
                       worker_init_fn=seed_worker, persistent_workers=False, drop_last=False)
 
 
-@torch.no_grad()
-def infer(model, frames, cfg, pipe, d, precision, tta: bool):
-    """Logits and features of every row of `frames` (all with crops), split over the ranks."""
-    part = frames.iloc[shard(len(frames), d)]
-    loader = loader_for(CropDataset(part, crop_size=cfg.crop_size), cfg, batch_size=cfg.batch_size * 2)
-    model.eval()
-    out = Rows(len(part), features=np.float16)
-    for images, _, _ in loader:
-        x = pipe(images)
-        with autocast(d.device, precision):
-            f, l = features_and_logits(model, x)
-            if tta:
-                f2, l2 = features_and_logits(model, torch.flip(x, dims=[3]))
-                f, l = (f + f2) / 2, (l + l2) / 2
-        out.add(logits=l, features=f)
-    return gather(out.get("logits", model.num_classes), d), gather(out.get("features", model.num_features), d)
-
-
-def predict_split(model, frames, cfg, pipe, d, precision) -> dict:
-    """Outputs for every frame: frames without a crop take their txtid's nearest crop."""
-    has_crop = frames["has_crop"].to_numpy()
-    logits_c, feats_c = infer(model, frames[has_crop], cfg, pipe, d, precision, cfg.tta)
-    crop_pos = np.cumsum(has_crop) - 1
-    source = np.full(len(frames), -1)
-    for idx in frames.groupby("txtid", sort=False).indices.values():
-        near = nearest_index(has_crop[idx])
-        source[idx] = np.where(near >= 0, idx[np.maximum(near, 0)], -1)
-    logits = np.zeros((len(frames), logits_c.shape[1]), np.float32)
-    feats = np.zeros((len(frames), feats_c.shape[1]), np.float16)
-    ok = source >= 0
-    logits[ok], feats[ok] = logits_c[crop_pos[source[ok]]], feats_c[crop_pos[source[ok]]]
-    if (~ok).any() and d.main:
-        warn(f"{frames.loc[~ok, 'txtid'].nunique()} txtids have no crop at all; their "
-             f"{(~ok).sum()} frames get zero logits")
-    return dict(txtid=frames["txtid"].to_numpy(), frame=frames["frame"].to_numpy(),
-                label=frames["label"].to_numpy(), has_crop=has_crop, logits=logits, features=feats)
-
-
 def check_dfew_split(cfg, run: Path, split: dict) -> dict:
     """The fold's split, plus the clips that --pretrained-path weights fine-tuned on DFEW learnt
     from ('inherited'): weights that saw this fold's test clips would leak them. A run already
@@ -178,6 +140,7 @@ def main(argv=None):
     model = create_model(cfg.model, len(classes), cfg.pretrained and not cfg.predict_only,
                          cfg.pretrained_path, cfg.img_size, drop_path=cfg.drop_path)
     pipe = InputPipe(*normalisation(model), cfg.img_size, d.device, cfg.random_erase * (cfg.augment > 0))
+    infer_args = dict(crop_size=cfg.crop_size, batch_size=cfg.batch_size * 2, workers=cfg.workers)
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
         save_config(run, asdict(cfg) | dict(precision=precision, world_size=d.world_size))
@@ -186,7 +149,7 @@ def main(argv=None):
         log(f"{run}: {cfg.model} at {cfg.img_size}px, {precision}, {d.world_size} x {d.device}")
 
     def evaluate(model):
-        logits, _ = infer(model, val, cfg, pipe, d, precision, tta=False)
+        logits, _ = infer_crops(model, val, pipe, d, precision, **infer_args)
         return clip_score(val["txtid"], val["label"], logits) if dfew else score(val["label"].to_numpy(), logits)
 
     def step(net, batch):
@@ -216,7 +179,7 @@ def main(argv=None):
             if d.main:
                 skip_split(run, split, source)
             continue
-        preds = predict_split(model, part, cfg, pipe, d, precision)
+        preds = predict_crops(model, part, pipe, d, precision, **infer_args, tta=cfg.tta)
         if d.main:
             save_preds(run / "preds" / f"{split}.npz", **preds)
         results[split] = preds

@@ -130,6 +130,10 @@ class ModalFusionModule(nn.Module):
         return dict(fusion=self.fusion_head(pooled), image=y_image, audio=y_audio, features=pooled)
 
 
+# The MFM's three heads, in the order of the model's outputs and the preds files' logits_<head>.
+HEADS = ("fusion", "image", "audio")
+
+
 def ensemble_logits(outputs: dict) -> torch.Tensor:
     """The three heads' ensemble: mean log-probability, so no head dominates by its scale."""
-    return torch.stack([F.log_softmax(outputs[k].float(), -1) for k in ("fusion", "image", "audio")]).mean(0)
+    return torch.stack([F.log_softmax(outputs[k].float(), -1) for k in HEADS]).mean(0)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from utils.files import DataError
-from utils.classes import DFEW_CLASSES, NUM_DFEW_CLASSES
+from utils.classes import NUM_DFEW_CLASSES
 from utils.config import parse_config
 from utils.console import log, table, warn
 from utils.training.data import ClassBalancedSampler, keep_batch, nearest_index
