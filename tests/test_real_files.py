@@ -62,6 +62,15 @@ def test_a_sound_track_shorter_than_one_fft_window_prepares_with_a_counted_warni
     assert empty.shape == (128, 1) and (empty == audio.FLOOR_DB).all()   # zero samples: one column of silence
 
 
+@pytest.mark.parametrize("video_name", ["v.MTS", "v.m2ts", "v.3gp", "v.MP4"])
+def test_camcorder_and_phone_containers_and_upper_case_names_are_videos(tmp_path, video_name):
+    """AVCHD camcorders write .MTS/.m2ts (MPEG transport stream), phones .3gp; Windows tools upper-case."""
+    out = tmp_path / "out"
+    prepare(one_video_tree(tmp_path / "raw", audio=tone(1.0, RATE), video_name=video_name), out)
+    sound = np.load(out / "audio" / "v.npy")
+    assert abs(len(sound) / RATE - 1.0) < 0.1 and np.abs(sound).max() > 0.1
+
+
 def test_audio_decoded_again_never_leaves_a_stale_spectrogram(tmp_path):
     """A data folder prepared by a kit that summed the channels: prepare_data.py decodes the audio
     again (its cache records the decoder), and the spectrogram follows the newer audio."""

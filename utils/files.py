@@ -24,6 +24,10 @@ from pathlib import Path
 DEBRIS_NAMES = frozenset({"__MACOSX", "Thumbs.db", "thumbs.db", "desktop.ini", "Desktop.ini",
                           "$RECYCLE.BIN", "System Volume Information"})
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Containers PyAV (FFmpeg) opens that cameras, phones, broadcast and web tools write: camcorder
+# AVCHD (.mts/.m2ts), MPEG transport streams, 3GPP/3GPP2 from phones, Flash, Ogg, ASF.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".flv", ".f4v", ".mpg", ".mpeg", ".wmv",
+                    ".asf", ".3gp", ".3g2", ".mts", ".m2ts", ".ts", ".ogv", ".vob", ".mxf")
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 
@@ -51,6 +55,10 @@ def listdir(folder) -> list[os.DirEntry]:
 
 def is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_video(name: str) -> bool:
+    return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
 def frame_number(name: str) -> int | None:
