@@ -290,10 +290,15 @@ def test_keypoint_files_without_a_keypoint_stop_the_run(tmp_path):
 # ---------------------------------------------------------------- 5. operating-system and archive debris
 
 def debris(folder):
-    """What a Mac, Windows and a zip leave beside every file."""
+    """What a Mac, Windows, a zip and a Synology NAS leave beside every file."""
     for path in list(folder.rglob("*")):
         if path.is_file():
             (path.parent / f"._{path.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble \xff")
+            if path.suffix == ".jpg":   # the NAS's thumbnails of an image, in a folder named after it
+                thumbs = path.parent / "@eaDir" / path.name
+                thumbs.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, thumbs / "SYNOFILE_THUMB_M.jpg")
+                shutil.copy(path, thumbs / "00001.jpg")
     for parent in {p.parent for p in folder.rglob("*") if p.is_file()}:
         (parent / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
         (parent / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")

@@ -21,8 +21,11 @@ import os
 import re
 from pathlib import Path
 
-DEBRIS_NAMES = frozenset({"__MACOSX", "Thumbs.db", "thumbs.db", "desktop.ini", "Desktop.ini",
-                          "$RECYCLE.BIN", "System Volume Information"})
+# Besides hidden names: archive and OS leftovers, and what NAS boxes add to shared folders
+# (Synology's @eaDir thumbnails and #recycle, QNAP's @Recycle, Linux's lost+found, macOS's Icon\r).
+DEBRIS_NAMES = frozenset({"__MACOSX", "Thumbs.db", "thumbs.db", "ehthumbs.db", "desktop.ini", "Desktop.ini",
+                          "$RECYCLE.BIN", "System Volume Information", "@eaDir", "#recycle", "#snapshot",
+                          "@Recycle", "@Recently-Snapshot", "lost+found", "Icon\r"})
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Containers PyAV (FFmpeg) opens that cameras, phones, broadcast and web tools write: camcorder
 # AVCHD (.mts/.m2ts), MPEG transport streams, 3GPP/3GPP2 from phones, Flash, Ogg, ASF.
