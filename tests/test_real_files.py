@@ -330,6 +330,22 @@ def test_text_files_of_other_systems(tmp_path):
     assert read_lines(split)[0] == '"video_name";"label"'
 
 
+def test_label_numbers_written_as_floats_by_other_tools_read_alike_in_both_datasets(tmp_path):
+    """pandas writes an integer column that held a NaN as floats ('3.0'); a fraction is never a label."""
+    split = tmp_path / "set_1.csv"
+    split.write_text("video_name,label\n1,3.0\n2, +5 \n")
+    assert dfew.read_split(split) == [("00001", 3, 2), ("00002", 5, 3)]
+    peer = tmp_path / "set_1_train.txt"
+    peer.write_text("/data/DFEW/clip_224x224/00001 16.0 3.0\n")
+    assert dfew.read_peer_list(peer) == [("00001", 3, 1)]
+    split.write_text("video_name,label\n1,3.5\n")
+    with pytest.raises(DataError, match=r"set_1.csv:2"):
+        dfew.read_split(split)
+    labels = tmp_path / "v.txt"
+    labels.write_text(EXPR_HEADER + "\n3.0\n4.5\nnan\ninf\n")
+    np.testing.assert_array_equal(affwild2.read_labels(labels), [3, -1, -1, -1])
+
+
 # ---------------------------------------------------------------- 6. crops in other formats and folders
 
 @pytest.mark.parametrize("layout", ["png", "JPG", "abaw10"])

@@ -64,6 +64,16 @@ def is_video(name: str) -> bool:
     return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
+def whole_number(text: str) -> int | None:
+    """The integer a label field means, as other tools write it: '4', ' 4 ', '+4', '4.0' (pandas
+    writes integer columns that held a NaN as floats), '4e0'; None for '4.5', 'nan', 'inf', ''."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None   # False for nan and inf
+
+
 def frame_number(name: str) -> int | None:
     """The last run of digits in a file name's stem ('00001_00017.jpg' -> 17), None if none."""
     m = _NUMBER.search(os.path.splitext(name)[0])

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from utils.classes import EXPR_CLASSES, EXPR_HEADER, EXPR_TEMPLATE_HEADER, IGNORE_LABEL
-from utils.files import DataError, frame_number, is_image, is_video, numbered_images, read_lines, walk
+from utils.files import DataError, frame_number, is_image, is_video, numbered_images, read_lines, walk, whole_number
 
 
 SPLIT_FOLDERS = {"train_set": "train", "training_set": "train", "validation_set": "val"}
@@ -164,11 +164,7 @@ def read_labels(path: Path, on_bad_line=None, on_seven_classes=None) -> np.ndarr
     labels = np.empty(len(body), dtype=np.int8)
     for i, text in enumerate(body):
         text = text.strip().rstrip(",")
-        try:
-            number = float(text)
-            value = int(number) if number == int(number) else None
-        except (ValueError, OverflowError):   # OverflowError: 'inf'
-            value = None
+        value = whole_number(text)
         if value is None or not IGNORE_LABEL <= value < len(EXPR_CLASSES):
             if on_bad_line is not None:
                 on_bad_line(path, i + 2, text)

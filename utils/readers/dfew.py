@@ -47,7 +47,7 @@ from joblib import Parallel, delayed
 
 from utils.classes import DFEW_CLASSES, NUM_DFEW_CLASSES
 from utils.console import WarningCounter, log, table, track
-from utils.files import DataError, frame_number, is_image, is_video, numbered_images, read_lines, walk
+from utils.files import DataError, frame_number, is_image, is_video, numbered_images, read_lines, walk, whole_number
 from utils.readers.media import prepare_media, report_media
 from utils.evaluation.metrics import per_class_f1, uar_war
 from utils.runs import read_json, save_parquet, write_json, write_text
@@ -200,11 +200,11 @@ def read_split(path: Path) -> list[tuple[str, int, int]]:
             continue
         fields = [f.strip().strip('"').strip() for f in line.strip().split(separator)]
         clip = clip_id(fields[0]) if len(fields) == 2 else None
-        label = fields[1] if len(fields) == 2 else ""
-        if clip is None or not re.fullmatch(r"[0-7]", label):
+        label = whole_number(fields[1]) if len(fields) == 2 else None
+        if clip is None or label is None or not 0 <= label <= 7:
             raise DataError(f"{path}:{number}: expected '<clip number>{separator}<label 0..7>', "
                             f"got '{line.strip()[:80]}'")
-        rows.append((clip, int(label), number))
+        rows.append((clip, label, number))
     return rows
 
 
@@ -217,10 +217,11 @@ def read_peer_list(path: Path) -> list[tuple[str, int, int]]:
         if not fields:
             continue
         clip = clip_id(fields[0].replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]) if len(fields) in (2, 3) else None
-        if clip is None or not re.fullmatch(r"[0-7]", fields[-1]) or (len(fields) == 3 and not fields[1].isdigit()):
+        label = whole_number(fields[-1])
+        if clip is None or label is None or not 0 <= label <= 7 or (len(fields) == 3 and whole_number(fields[1]) is None):
             raise DataError(f"{path}:{number}: expected '<clip folder> [<n_frames>] <label 0..6>', "
                             f"got '{line.strip()[:80]}'")
-        rows.append((clip, int(fields[-1]), number))
+        rows.append((clip, label, number))
     return rows
 
 
