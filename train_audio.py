@@ -24,6 +24,7 @@ from utils.config import parse_config
 from utils.console import cli, log, table
 from utils.training.data import ClassBalancedSampler, keep_batch, load_frames, load_videos, need
 from utils.training.engine import Trainer, pick_precision, score, setup_distributed
+from utils.training.plan import Plan
 from utils.models.backbones import create_model, load_weights
 from utils.evaluation.inference import predict_windows
 from utils.evaluation.preds import save_preds, skip_split
@@ -83,6 +84,13 @@ def loader_for(dataset, cfg, sampler=None, batch_size=None):
                       collate_fn=keep_batch, pin_memory=torch.cuda.is_available())
 
 
+def predicted_windows(frames, video, cfg) -> int:
+    """Windows predict_windows runs for `frames`: those of every predict_stride-th frame of a video and its last."""
+    keys = np.unique(np.stack([video, frames["frame"].to_numpy()], 1), axis=0)
+    last = np.r_[keys[1:, 0] != keys[:-1, 0], True] if len(keys) else np.zeros(0, bool)
+    return int((((keys[:, 1] - 1) % cfg.predict_stride == 0) | last).sum()) * len(cfg.window_frames)
+
+
 def main(argv=None):
     cfg = parse_config(AudioConfig, argv, description=__doc__.split("\n")[0], presets=PRESETS)
     if len(cfg.window_frames) != len(cfg.purity):
@@ -135,7 +143,8 @@ def main(argv=None):
     val = frames[val_mask].reset_index(drop=True)
 
     def evaluate(model):
-        logits, _ = predict_windows(model, val, windows_of(val_mask), pipe, d, precision, **predict_args)
+        logits, _ = predict_windows(model, val, windows_of(val_mask), pipe, d, precision, **predict_args,
+                                    progress="validation")
         return score(val["label"].to_numpy(), logits)
 
     def step(net, batch):
@@ -162,7 +171,11 @@ def main(argv=None):
                 f"{name} {k['kept']:,}/{k['of']:,} ({k['kept'] / max(k['of'], 1):.0%})" for name, k in kept.items()))
             log(f"drawn per epoch (cap {sampler.max_per_class:,}): "
                 + ", ".join(f"{n} {c}" for n, c in zip(sampler.draw_counts, EXPR_CLASSES)))
-        trainer = Trainer(model, cfg, run, d, precision, step, evaluate)
+        plan = Plan("windows", len(sampler) * d.world_size, cfg.batch_size * d.world_size, cfg.epochs,
+                    predicted_windows(frames[val_mask], video[val_mask], cfg), note=f"predict stride {cfg.predict_stride}",
+                    predict={s: predicted_windows(frames[m], video[m], cfg) for s in ("train", "val", "test")
+                             if (m := (frames.split == s).to_numpy()).any()})
+        trainer = Trainer(model, cfg, run, d, precision, step, evaluate, plan=plan)
         trainer.fit(loader_for(dataset, cfg, sampler), sampler)
     if not (run / "best.pt").exists():
         raise SystemExit(f"error: {run / 'best.pt'} not found: nothing to predict with")
@@ -177,7 +190,8 @@ def main(argv=None):
             if d.main:
                 skip_split(run, split, source)
             continue
-        logits, feats = predict_windows(model, part, windows_of(mask), pipe, d, precision, **predict_args)
+        logits, feats = predict_windows(model, part, windows_of(mask), pipe, d, precision, **predict_args,
+                                        progress=f"predict {split}")
         if d.main:
             save_preds(run / "preds" / f"{split}.npz", txtid=part["txtid"].to_numpy(), frame=part["frame"].to_numpy(),
                        label=part["label"].to_numpy(), has_crop=part["has_crop"].to_numpy(), logits=logits,
