@@ -93,7 +93,7 @@ class Progress:
             self.rich.update(self.task, completed=self.done)
             return
         now = time.monotonic()
-        if now - self.last >= self.every:
+        if now - self.last >= self.every and self.done != self.total:   # the end has its own line
             self.last = now
             log(self.line(now))
 
