@@ -41,7 +41,7 @@ class Plan:
         resumed = f" (resumed: {left} left)" if start_epoch else ""
         splits = ", ".join(f"{s} {n:,}" for s, n in self.predict.items()) or "nothing"
         tta = f" x {self.passes} passes (flip TTA)" if self.passes > 1 else ""
-        return (f"plan: {self.epochs} epochs{resumed} x {self.per_epoch:,} {self.unit} ({self.steps_per_epoch:,} steps "
+        return (f"plan: {self.epochs} epoch{'s' if self.epochs != 1 else ''}{resumed} x {self.per_epoch:,} {self.unit} ({self.steps_per_epoch:,} steps "
                 f"of {self.batch_size}); validation {self.val:,} {unit} after each epoch; then predict {unit}: "
                 f"{splits}{tta}" + (f"; {self.note}" if self.note else "") + "; the whole run's ETA after its first minute")
 
