@@ -302,7 +302,7 @@ def extra_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> 
              if e.name.lower().endswith(".npy") and clip_id(Path(e.name).stem)}
     n_frames = dict(zip(clips["clip"], clips["n_frames"]))
     parts, width = {}, None
-    for clip, rows in frames.groupby("clip", sort=False).indices.items():
+    for clip, rows in track(frames.groupby("clip", sort=False).indices.items(), description="extra features", unit="clips"):
         path = files.get(clip)
         if path is None:
             warnings("no extra file", f"{folder / clip}.npy: not found; clip {clip} masked")
