@@ -26,7 +26,7 @@ from utils.training.data import ClassBalancedSampler, keep_batch, load_frames, l
 from utils.training.engine import Trainer, pick_precision, score, setup_distributed
 from utils.training.plan import Plan
 from utils.models.backbones import create_model, load_weights
-from utils.evaluation.inference import predict_windows
+from utils.evaluation.inference import predict_windows, windows_to_predict
 from utils.evaluation.preds import save_preds, skip_split
 from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
 
@@ -82,13 +82,6 @@ PRESETS = {"demo": dict(model="test_efficientnet", pretrained=False, img_size=64
 def loader_for(dataset, cfg, sampler=None, batch_size=None):
     return DataLoader(dataset, batch_size=batch_size or cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                       collate_fn=keep_batch, pin_memory=torch.cuda.is_available())
-
-
-def predicted_windows(frames, video, cfg) -> int:
-    """Windows predict_windows runs for `frames`: those of every predict_stride-th frame of a video and its last."""
-    keys = np.unique(np.stack([video, frames["frame"].to_numpy()], 1), axis=0)
-    last = np.r_[keys[1:, 0] != keys[:-1, 0], True] if len(keys) else np.zeros(0, bool)
-    return int((((keys[:, 1] - 1) % cfg.predict_stride == 0) | last).sum()) * len(cfg.window_frames)
 
 
 def main(argv=None):
@@ -171,10 +164,12 @@ def main(argv=None):
                 f"{name} {k['kept']:,}/{k['of']:,} ({k['kept'] / max(k['of'], 1):.0%})" for name, k in kept.items()))
             log(f"drawn per epoch (cap {sampler.max_per_class:,}): "
                 + ", ".join(f"{n} {c}" for n, c in zip(sampler.draw_counts, EXPR_CLASSES)))
+        n_windows = len(cfg.window_frames)
         plan = Plan("windows", len(sampler) * d.world_size, cfg.batch_size * d.world_size, cfg.epochs,
-                    predicted_windows(frames[val_mask], video[val_mask], cfg), note=f"predict stride {cfg.predict_stride}",
-                    predict={s: predicted_windows(frames[m], video[m], cfg) for s in ("train", "val", "test")
-                             if (m := (frames.split == s).to_numpy()).any()})
+                    windows_to_predict(frames[val_mask], video[val_mask], cfg.predict_stride, n_windows),
+                    {s: windows_to_predict(frames[m], video[m], cfg.predict_stride, n_windows)
+                     for s in ("train", "val", "test") if (m := (frames.split == s).to_numpy()).any()},
+                    note=f"predict stride {cfg.predict_stride}")
         trainer = Trainer(model, cfg, run, d, precision, step, evaluate, plan=plan)
         trainer.fit(loader_for(dataset, cfg, sampler), sampler)
     if not (run / "best.pt").exists():

@@ -108,6 +108,14 @@ def predict_windows(model, frames: pd.DataFrame, windows, pipe, d, precision: st
     return logits[chosen].mean(1), feats[chosen]
 
 
+def windows_to_predict(frames: pd.DataFrame, video: np.ndarray, stride: int, n_lengths: int) -> int:
+    """How many windows predict_windows runs for `frames` (video: each row's video index): those of
+    every `stride`-th frame of each video and of its last, `n_lengths` per frame."""
+    keys = np.unique(np.stack([video, frames["frame"].to_numpy()], 1), axis=0)
+    last = np.r_[keys[1:, 0] != keys[:-1, 0], True] if len(keys) else np.zeros(0, bool)
+    return int((((keys[:, 1] - 1) % stride == 0) | last).sum()) * n_lengths
+
+
 @torch.no_grad()
 def predict_tokens(model, dataset, d, precision: str, *, batch_size: int, progress: str = "fusion") -> dict:
     """The fusion model's three heads (logits_image, logits_audio, logits_fusion), their ensemble and
