@@ -10,7 +10,7 @@ code path (FusionConfig defaults, ClassBalancedSampler with the median-class cap
 keep_batch, the engine's Trainer):
   1. context rows (utils.models.fusion.context_rows) for every frame: seconds,
   2. one training epoch of the class-balanced draw: seconds and samples/s,
-  3. train_fusion.predict over every frame: samples/s,
+  3. utils.evaluation.inference.predict_tokens over every frame: samples/s,
 and peak memory (process RSS on CPU, allocated GPU memory on CUDA).
 Target: one epoch in under 5 minutes on a 2-core CPU.
 """
@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from train_fusion import FusionConfig, predict  # noqa: E402
+from train_fusion import FusionConfig  # noqa: E402
+from utils.evaluation.inference import predict_tokens  # noqa: E402
 from utils.classes import NUM_EXPR_CLASSES  # noqa: E402
 from utils.console import log, table  # noqa: E402
 from utils.training.data import ClassBalancedSampler, keep_batch  # noqa: E402
@@ -140,7 +141,7 @@ def main(argv=None):
     epoch_s, train_rate = record["seconds"], record["images_per_s"]
 
     everything = TokenDataset(split["image"], split["audio"], context, split["label"])
-    _, t_infer = timed(lambda: predict(model, everything, cfg, d, precision))
+    _, t_infer = timed(lambda: predict_tokens(model, everything, d, precision, batch_size=cfg.batch_size * 4))
     if d.device.type == "cuda":
         memory = f"{torch.cuda.max_memory_allocated(d.device) / 2**30:.2f} GiB GPU (allocated)"
     else:   # ru_maxrss is in KiB on Linux; it includes the feature arrays themselves
@@ -155,7 +156,7 @@ def main(argv=None):
               ["context rows build", f"{t_context:.2f} s"],
               ["epoch (Trainer.fit, training steps)", f"{epoch_s:.1f} s"],
               ["train samples/s", f"{train_rate:,.0f}"],
-              ["inference (train_fusion.predict, every frame)", f"{t_infer:.1f} s = {n / t_infer:,.0f} samples/s"],
+              ["inference (predict_tokens, every frame)", f"{t_infer:.1f} s = {n / t_infer:,.0f} samples/s"],
               ["peak memory", memory],
               ["target: epoch < 5 min", f"{'met' if met else 'MISSED'} ({epoch_s / 60:.1f} min)"],
               ["load average (1 min) before / after", f"{load_before:.2f} / {os.getloadavg()[0]:.2f}"],

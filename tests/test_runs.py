@@ -21,6 +21,13 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+def test_written_files_are_readable_by_the_group_as_open_would_make_them(tmp_path):
+    """mkstemp's 0600 would hide a run's files from the rest of a lab on a shared cluster."""
+    write_json(tmp_path / "m.json", {})
+    open(tmp_path / "plain.txt", "w").close()
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
 def test_json_takes_numpy_values(tmp_path):
     write_json(tmp_path / "m.json", {"f1": np.float32(0.25), "per_class": np.arange(3)})
     assert json.loads((tmp_path / "m.json").read_text()) == {"f1": 0.25, "per_class": [0, 1, 2]}

@@ -22,12 +22,17 @@ KIT_ROOT = Path(__file__).resolve().parent.parent
 TRACKED_PACKAGES = ("torch", "torchvision", "torchaudio", "timm", "numpy", "pandas",
                     "scikit-learn", "albumentations", "av", "pyarrow")
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)   # the umask can only be read by setting it: read once, at import
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside `path`; move it into place only if the block succeeds.
 
-    A killed process leaves either the old file or the new one, never half of one.
+    A killed process leaves either the old file or the new one, never half of one. The file gets
+    the permissions of a plain open() under the user's umask (mkstemp's own 0600 would hide runs
+    from the rest of a lab sharing a cluster).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +40,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
