@@ -15,7 +15,6 @@ Usage: python benchmarks/bench_audio.py [--quick] [--work /tmp/benchaudio] [--da
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import subprocess
 import sys
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import train_audio  # noqa: E402
+from utils.evaluation.inference import predict_windows  # noqa: E402
 from utils.readers.audio import (FLOOR_DB, AudioPipe, WindowDataset, ensure_spectrograms, frame_windows,  # noqa: E402
                          load_bank, log_mel, window_columns)
 from utils.classes import EXPR_CLASSES  # noqa: E402
@@ -51,9 +51,9 @@ def synthetic_audio(seconds: float, rng) -> np.ndarray:
             + 0.2 * np.sin(2 * np.pi * sweep * t)).astype(np.float32)
 
 
-def timed(fn, *args):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    out = fn(*args)
+    out = fn(*args, **kwargs)
     return time.perf_counter() - start, out
 
 
@@ -183,12 +183,13 @@ def stride_table(data: Path, run: Path, strides) -> list[list]:
     log(f"{run}: {cfg.model} at {cfg.img_size} px, {len(val):,} labelled val frames, {precision} on {d.device}, "
         f"{torch.get_num_threads()} threads, {cfg.workers} loader workers")
     head = windows[:3] + tuple(w[:512] for w in windows[3:])   # warm-up: first batches through a model are slow
-    train_audio.predict_frames(model, val[:512], head, cfg, pipe, d, precision)
+    args = dict(batch_size=cfg.batch_size * 2, workers=cfg.workers)
+    predict_windows(model, val[:512], head, pipe, d, precision, stride=cfg.predict_stride, **args)
     rows = []
     for stride in strides:
         computed.clear()
-        seconds, (logits, _) = timed(train_audio.predict_frames, model, val, windows,
-                                     dataclasses.replace(cfg, predict_stride=stride), counting_pipe, d, precision)
+        seconds, (logits, _) = timed(predict_windows, model, val, windows, counting_pipe, d, precision,
+                                     stride=stride, **args)
         rows.append([stride, score(val["label"].to_numpy(), logits)["macro_f1"], seconds, sum(computed),
                      f"{sum(computed) / seconds:,.0f}"])
     return rows

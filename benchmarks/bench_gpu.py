@@ -25,7 +25,6 @@ crops and frames, 2,000 fusion frames, no compile, on whatever device there is.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess

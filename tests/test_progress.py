@@ -4,7 +4,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from conftest import write_crops
@@ -12,7 +11,6 @@ from utils import console
 from utils.console import duration_text, rate_text
 from utils.evaluation.inference import infer_crops
 from utils.models.backbones import create_model, normalisation
-from utils.training import engine
 from utils.training.curves import plot_curves
 from utils.training.data import ClassBalancedSampler
 from utils.training.engine import Dist, InputPipe, Trainer, score
