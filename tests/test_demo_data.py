@@ -9,6 +9,7 @@ import pytest
 import make_demo_data
 from utils.readers import affwild2
 from utils.readers.media import decode_audio
+from utils.training.data import load_videos
 
 
 def digest(root):
@@ -77,7 +78,7 @@ def test_prepared_tables_follow_the_schema(demo_data):
     for _, part in key.groupby("split"):
         assert (part.sort_values(["txtid", "frame"]).index == part.index).all()
     assert frames.crop_path[frames.has_crop].map(lambda p: p.endswith(".jpg")).all()
-    videos = pd.read_parquet(demo_data / "videos.parquet")
+    videos = load_videos(demo_data)
     with_audio = videos[videos.has_audio]
     for row in with_audio.itertuples():
         samples = np.load(row.audio_path)

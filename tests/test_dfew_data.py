@@ -235,7 +235,7 @@ def synthetic(tmp_path_factory):
 def test_synthetic_tree_prepares_end_to_end(synthetic, tmp_path):
     root, manifest = synthetic
     meta = dfew.prepare_dfew(root, tmp_path / "out", jobs=2)
-    clips = pd.read_parquet(tmp_path / "out" / "clips.parquet")
+    clips, = dfew.read_tables(tmp_path / "out", "clips")
     folds = pd.read_parquet(tmp_path / "out" / "folds.parquet")
     frames = pd.read_parquet(tmp_path / "out" / "frames.parquet")
     truth = {c["clip"]: c for c in manifest["clips"]}

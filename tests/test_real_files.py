@@ -2,6 +2,7 @@
 and its neighbours (issue 'Real files in'). Inputs are made here, small."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from utils.classes import EXPR_HEADER
 from utils.console import WarningCounter
 from utils.files import DataError, read_lines
 from utils.readers.media import read_video
+from utils.training.data import load_videos
 from utils.readers.openpose import read_keypoints
 
 RATE = 16000
@@ -71,6 +73,25 @@ def test_camcorder_and_phone_containers_and_upper_case_names_are_videos(tmp_path
     assert abs(len(sound) / RATE - 1.0) < 0.1 and np.abs(sound).max() > 0.1
 
 
+def test_a_data_folder_works_from_any_working_directory_and_after_a_move(tmp_path, monkeypatch):
+    """prepare_data.py given a relative --out, the folder then used from elsewhere and moved: its
+    audio, spectrograms and frame times are found inside the data folder, wherever it is."""
+    root = one_video_tree(tmp_path / "raw", audio=tone(1.0, RATE), frame_seconds=np.r_[np.arange(12) / 25, 0.5 + np.arange(13) / 10])
+    monkeypatch.chdir(tmp_path)
+    prepare(root, Path("prepared"))
+    shutil.move(tmp_path / "prepared", tmp_path / "moved")
+    monkeypatch.chdir(root)
+    data = tmp_path / "moved"
+    shutil.rmtree(data / "spec")
+    audio.ensure_spectrograms(data)
+    videos = load_videos(data)
+    assert Path(videos["audio_path"][0]).is_file() and Path(videos["frame_times"][0]).is_file()
+    assert (data / "spec" / "nfft2048_hop1024_mels128" / "v.npy").is_file()
+    shutil.rmtree(data / "audio")   # copied without it: one line naming the file, not a traceback
+    with pytest.raises(DataError, match=r"moved/audio/v.npy: the decoded sound of v is missing"):
+        audio.ensure_spectrograms(data)
+
+
 def test_audio_decoded_again_never_leaves_a_stale_spectrogram(tmp_path):
     """A data folder prepared by a kit that summed the channels: prepare_data.py decodes the audio
     again (its cache records the decoder), and the spectrogram follows the newer audio."""
@@ -115,7 +136,7 @@ def test_an_audio_stream_without_samples_and_nan_samples_are_counted(tmp_path):
     make_av(root / "videos" / "w.mkv", audio=np.zeros(0), codec="pcm_s16le")   # a stream that holds nothing
     meta = prepare(root, tmp_path / "out")
     assert meta["warnings"]["non-finite audio"] == 100 and meta["warnings"]["empty audio"] == 1
-    videos = pd.read_parquet(tmp_path / "out" / "videos.parquet").set_index("videoid")
+    videos = load_videos(tmp_path / "out").set_index("videoid")
     assert videos.loc["v", "has_audio"] and not videos.loc["w", "has_audio"]
     samples = np.load(videos.loc["v", "audio_path"])
     assert np.isfinite(samples).all() and not samples[100:200].any()
@@ -141,7 +162,7 @@ def test_a_variable_frame_rate_video_places_its_frames_at_their_timestamps(tmp_p
                           audio=tone(20.0, RATE))
     meta = prepare(root, tmp_path / "out")
     assert meta["counts"]["train"]["vfr_videos"] == 1
-    videos = pd.read_parquet(tmp_path / "out" / "videos.parquet")
+    videos = load_videos(tmp_path / "out")
     frames = pd.read_parquet(tmp_path / "out" / "frames.parquet")
     v = frames[frames.txtid == "v"]
     hop = 1024 / RATE
@@ -401,7 +422,7 @@ def test_mae_dfer_frame_folders_and_the_peers_annotation_lists(tmp_path):
 
 def test_a_dataset_without_a_test_split_trains_every_branch(demo_data, tmp_path):
     data = tmp_path / "data"
-    shutil.copytree(demo_data, data, ignore=shutil.ignore_patterns("audio"))   # the tables point at its audio
+    shutil.copytree(demo_data, data)
     frames = pd.read_parquet(data / "frames.parquet")
     keep = [t for split, n in (("train", 3), ("val", 2)) for t in sorted(frames.txtid[frames.split == split].unique())[:n]]
     frames[frames["txtid"].isin(keep)].to_parquet(data / "frames.parquet")   # a few videos, and no test split

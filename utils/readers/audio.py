@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from utils.console import WarningCounter, track
 from utils.files import DataError
+from utils.readers.media import locate
 from utils.runs import read_json, save_npy, write_json
 
 FLOOR_DB = -100.0   # 10 * log10(1e-10): what digital silence maps to
@@ -73,6 +74,9 @@ def _spectrogram_job(videoid: str, audio_path: str, out: Path, sample_rate: int,
 def _stale(spec: Path, audio: Path) -> bool:
     """A spectrogram is computed again when it is missing or older than its audio (decoded again by
     prepare_data.py --force, or by a kit version that decodes differently)."""
+    if not audio.is_file():
+        raise DataError(f"{audio}: the decoded sound of {spec.stem} is missing from the data folder (copied "
+                        f"without its audio/?); run prepare_data.py --force to decode it again")
     return not spec.exists() or spec.stat().st_mtime_ns < audio.stat().st_mtime_ns
 
 
@@ -89,7 +93,7 @@ def ensure_spectrograms(data_dir, n_fft: int = 2048, hop: int = 1024, n_mels: in
     """
     warnings = warnings if warnings is not None else WarningCounter()
     data_dir = Path(data_dir)
-    videos = pd.read_parquet(data_dir / "videos.parquet")
+    videos = locate(pd.read_parquet(data_dir / "videos.parquet"), data_dir)
     sample_rate = int(read_json(data_dir / "meta.json")["sample_rate"])
     out = spec_folder(data_dir, n_fft, hop, n_mels)
     todo = [(v.videoid, v.audio_path) for v in videos.itertuples()

@@ -48,7 +48,7 @@ from joblib import Parallel, delayed
 from utils.classes import DFEW_CLASSES, NUM_DFEW_CLASSES
 from utils.console import WarningCounter, log, table, track
 from utils.files import DataError, frame_number, is_image, is_video, numbered_images, read_lines, walk, whole_number
-from utils.readers.media import prepare_media, report_media
+from utils.readers.media import locate, prepare_media, report_media
 from utils.evaluation.metrics import per_class_f1, uar_war
 from utils.runs import read_json, save_parquet, write_json, write_text
 
@@ -348,7 +348,7 @@ def read_tables(data_dir, *names: str) -> list[pd.DataFrame]:
     for path in paths:
         if not path.is_file():
             raise DataError(f"{path}: not found; run prepare_data.py --dataset dfew first")
-    return [pd.read_parquet(path) for path in paths]
+    return [locate(pd.read_parquet(path), data_dir) for path in paths]
 
 
 def weights_split(weights) -> dict | None:

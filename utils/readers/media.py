@@ -184,6 +184,30 @@ def decode_audio(path: Path, sample_rate: int = 16000) -> tuple[np.ndarray, int]
 DECODER = 2   # an audio/<key>.json of another decoder version is decoded again (version 1 summed the channels)
 
 
+# The columns of videos.parquet / clips.parquet that name files of the data folder itself. They are
+# stored relative to it ('audio/<key>.npy'), and a folder prepared by an older kit holds the path
+# prepare_data.py was given (relative to its working directory then, or absolute): either way the
+# file is looked up by its folder and name inside the data folder, so the folder can move and be
+# used from any working directory.
+CACHED = ("audio_path", "frame_times")
+
+
+def inside(data_dir, stored: str) -> Path:
+    """The file a data table names, inside `data_dir` (see CACHED)."""
+    stored = Path(stored)
+    return Path(data_dir) / stored.parent.name / stored.name
+
+
+def locate(table, data_dir):
+    """`table` (a videos.parquet or clips.parquet DataFrame) with its CACHED columns made paths
+    inside `data_dir`, as strings; empty entries (no audio, constant frame rate) stay empty."""
+    table = table.copy()
+    for column in CACHED:
+        if column in table:
+            table[column] = [str(inside(data_dir, s)) if isinstance(s, str) and s else "" for s in table[column]]
+    return table
+
+
 def prepare_media(key: str, path: Path, out: Path, sample_rate: int, force: bool) -> dict:
     """Read one container once (read_video) and cache under `out`: audio/<key>.npy (its sound,
     mono float32 at sample_rate) and, for a variable-rate video, times/<key>.npy (float64 seconds
@@ -194,8 +218,8 @@ def prepare_media(key: str, path: Path, out: Path, sample_rate: int, force: bool
     if info_path.exists() and not force:
         info = read_json(info_path)
         if (info.get("path") == str(path) and info.get("sample_rate") == sample_rate
-                and info.get("decoder") == DECODER and (not info["has_audio"] or Path(info["audio_path"]).exists())):
-            return info
+                and info.get("decoder") == DECODER and (not info["has_audio"] or inside(out, info["audio_path"]).exists())):
+            return info | {k: f"{Path(info[k]).parent.name}/{Path(info[k]).name}" for k in CACHED if info.get(k)}
     info = dict(key=key, path=str(path), sample_rate=sample_rate, decoder=DECODER, audio_path="",
                 audio_samples=0, corrupt_packets=0, nonfinite_samples=0, channels=0, source_rate=0, codec="",
                 vfr=False, frame_times="", error="")
@@ -208,11 +232,11 @@ def prepare_media(key: str, path: Path, out: Path, sample_rate: int, force: bool
         if decoded.vfr:
             times_path = out / "times" / f"{key}.npy"
             save_npy(times_path, decoded.frame_times)
-            info["frame_times"] = str(times_path)
+            info["frame_times"] = f"times/{key}.npy"
         if meta.has_audio:
             audio_path = out / "audio" / f"{key}.npy"
             save_npy(audio_path, decoded.samples)
-            info.update(audio_path=str(audio_path), audio_samples=len(decoded.samples),
+            info.update(audio_path=f"audio/{key}.npy", audio_samples=len(decoded.samples),
                         corrupt_packets=decoded.corrupt_packets, nonfinite_samples=decoded.nonfinite_samples,
                         has_audio=len(decoded.samples) > 0, empty_audio=not len(decoded.samples))
     except (av.FFmpegError, OSError, ValueError) as err:

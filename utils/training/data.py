@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from utils.classes import NUM_EXPR_CLASSES
 from utils.files import DataError
+from utils.readers.media import locate
 
 cv2.setNumThreads(1)  # one decode thread per worker; the workers are the parallelism
 
@@ -42,7 +43,7 @@ def load_frames(data_dir, splits=("train", "val", "test")) -> pd.DataFrame:
 def load_videos(data_dir, frames: pd.DataFrame | None = None) -> pd.DataFrame:
     """videos.parquet, plus a silent row (has_audio False, fps NaN) for every videoid of
     `frames` that prepare_data.py found no container for: those frames still get predictions."""
-    videos = pd.read_parquet(f"{data_dir}/videos.parquet")
+    videos = locate(pd.read_parquet(f"{data_dir}/videos.parquet"), data_dir)
     if frames is not None:
         missing = sorted(set(frames["videoid"].unique()) - set(videos["videoid"]))
         if missing:
