@@ -37,7 +37,7 @@ def plot_timeline(path: Path, title: str, time: np.ndarray, probs: np.ndarray, l
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(12, 5.2), dpi=dpi)
-    grid = fig.add_gridspec(3, 1, height_ratios=[1.3, 3, 0.35], hspace=0.08)
+    grid = fig.add_gridspec(3, 1, height_ratios=[1.3, 3, 0.35], hspace=0.2)
     strip, curves, band = (fig.add_subplot(grid[i]) for i in range(3))
     size = next((c.shape[0] for _, c in crops if c is not None), 112)
     tiles = [c if c is not None else np.full((size, size, 3), 235, np.uint8) for _, c in crops]
@@ -58,7 +58,7 @@ def plot_timeline(path: Path, title: str, time: np.ndarray, probs: np.ndarray, l
     curves.set_ylim(0, 1)
     curves.set_ylabel("probability")
     curves.tick_params(labelbottom=False)
-    curves.legend(ncol=8, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.13), frameon=False)
+    curves.legend(ncol=8, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 0.98), frameon=False)
     curves.grid(alpha=0.3)
     edges = np.r_[time, end]
     for i in np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]]):

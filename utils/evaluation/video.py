@@ -84,8 +84,11 @@ class Runner:
             path = Path(run) / "config.json"
             if not path.is_file() or not (Path(run) / "best.pt").is_file():
                 raise DataError(f"{run}: not a trained run (config.json and best.pt expected)")
-            config = read_json(path)
-            self.done[key] = getattr(self, run_kind(config))(Path(run), config)
+            config = read_json(path).get("config", {})
+            try:
+                self.done[key] = getattr(self, run_kind(config))(Path(run), config)
+            except KeyError as err:
+                raise DataError(f"{path}: no '{err.args[0]}' setting; a run of another kit version?") from None
         return self.done[key]
 
     def _load(self, model, run: Path):
