@@ -8,7 +8,7 @@ decodes the sound, runs every member of the ensemble (image, audio and fusion ru
 their config.json and best.pt) on every frame and applies ensemble.json exactly as
 make_submission.py does (seed average, weights, smoothing, class biases). Writes into --out:
   <videoid>.csv   frame, time (s), has_face, the 8 class probabilities (the ensemble's, after
-                  smoothing; the label is argmax(log p + bias)), label, label_name
+                  smoothing, summing to 1; the label is argmax(log p + bias)), label, label_name
   per_video/<videoid>.txt   the ABAW per-video file (header, one label per frame)
   <videoid>.png   the timeline: face crops, probabilities over time, the label band
   crops/ and data/   the crops and tables the models read (reused on a re-run)
@@ -126,6 +126,7 @@ def run(cfg: PredictConfig) -> list[Path]:
     p = combine(probs, spec["weights"])
     if spec.get("smoothing"):
         p = smooth(p, txtid, spec["smoothing"]["method"], int(spec["smoothing"]["window"]))
+        p /= p.sum(axis=1, keepdims=True)   # a per-class median does not keep the sum; argmax(log p + b) unmoved
     write_per_video(out, txtid, frames["frame"].to_numpy(), labels)
     written, rows = [], []
     for videoid, idx in frames.groupby("txtid", sort=False).indices.items():

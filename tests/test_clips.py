@@ -76,3 +76,9 @@ def test_real_clips_become_frame_tables(real_clips, cropped_real, tmp_path, caps
         mine = frames[frames.videoid == row.videoid]
         assert len(mine) == row.frames and mine.has_crop.sum() == row.crops
     assert pd.read_parquet(tmp_path / "videos.parquet").has_audio.all()
+    # The DFEW system's tables, by prepare_dfew itself: DFEW ids, each speaker's fold its test fold.
+    dfew = pd.read_parquet(tmp_path / "dfew" / "clips.parquet").merge(clips, left_on="clip", right_on="dfew_clip")
+    assert len(dfew) == 12 and (dfew.label_x == dfew.dfew_label).all() and dfew.has_audio.all()
+    assert (dfew.n_frames == dfew.videoid.map(dict(zip(summary.videoid, summary.crops)))).all()
+    folds = pd.read_parquet(tmp_path / "dfew" / "folds.parquet").merge(dfew, on="clip")
+    assert ((folds.split == "test") == (folds.fold_x == folds.fold_y)).all()

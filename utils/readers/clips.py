@@ -17,7 +17,12 @@ Written (prepare_clips, beside the Aff-Wild2 tables, DESIGN.md section 4):
   frames.parquet  every frame 1..n of every clip (split train, or val for the clips of
                   --val-fold), label = its clip's label, the crop of crop_faces.py where a face was found
   videos.parquet, audio/, spec/   as for Aff-Wild2 (the clip's sound)
-  clips.parquet   videoid, path, speaker, source_label, label (ABAW id), dfew_label (-1: none), fold
+  clips.parquet   videoid, path, speaker, source_label, label (ABAW id), dfew_label (-1: none), fold,
+                  dfew_clip (the clip's DFEW number, '' if it has no DFEW class or no crop)
+  dfew/           the DFEW system's tables (clips, folds, frames, audio; utils/readers/dfew.py), made by
+                  prepare_dfew itself from dfew_tree/: the DFEW layout of symlinks (Clip/clip_224x224/<00001>
+                  -> the clip's crop folder, Clip/original/<00001>.<ext> -> the clip, EmoLabel_DataSplit/
+                  set_<k>.csv: fold k's clips are its test split, the others its train split)
 """
 from __future__ import annotations
 
@@ -35,8 +40,9 @@ from utils.console import WarningCounter, log, table, track
 from utils.files import DataError, read_text, walk
 from utils.readers import affwild2
 from utils.readers.audio import ensure_spectrograms
+from utils.readers.dfew import prepare_dfew
 from utils.readers.media import prepare_media, report_media
-from utils.runs import save_parquet, write_json
+from utils.runs import save_parquet, write_json, write_text
 
 # source emotion word -> ABAW id; the DFEW id follows from the ABAW class (ABAW_TO_DFEW).
 CLASS_MAP = {"neutral": 0, "calm": 7, "happy": 4, "sad": 5, "angry": 1, "fearful": 3, "disgust": 2,
@@ -217,6 +223,7 @@ def prepare_clips(root, out, labels: str, crops: str = "", n_folds: int = 5, val
                                      "codec", "vfr", "frame_times", "corrupt_packets", "nonfinite_samples", "error"])
     for column in ("has_audio", "vfr"):
         videos[column] = videos[column].fillna(False).astype(bool)
+    clips["dfew_clip"] = dfew_numbers(clips, crop_root)
     save_parquet(out / "frames.parquet", frames)
     save_parquet(out / "videos.parquet", videos)
     save_parquet(out / "clips.parquet", clips)
@@ -237,4 +244,39 @@ def prepare_clips(root, out, labels: str, crops: str = "", n_folds: int = 5, val
         table("Warnings", ["kind", "count"], [[k, v] for k, v in warnings.summary().items()])
     log(f"wrote {out}/frames.parquet ({len(frames):,} frames of {len(clips)} clips), videos.parquet, clips.parquet, "
         "audio/, spec/ and meta.json")
+    if (clips.dfew_clip != "").any():
+        log("the DFEW system's tables, from the same clips (DFEW ids, the same folds as test folds):")
+        prepare_dfew(dfew_tree(clips, crop_root, out / "dfew_tree"), out / "dfew", jobs, sample_rate, force,
+                     label_base=1)
     return clips
+
+
+def dfew_numbers(clips: pd.DataFrame, crop_root: Path) -> list[str]:
+    """A 5-digit DFEW clip number for each clip with a DFEW class and a crop folder, else ''."""
+    numbers, n = [], 0
+    for clip in clips.itertuples():
+        if clip.dfew_label >= 0 and (crop_root / clip.videoid).is_dir():
+            n += 1
+            numbers.append(f"{n:05d}")
+        else:
+            numbers.append("")
+    return numbers
+
+
+def dfew_tree(clips: pd.DataFrame, crop_root: Path, tree: Path) -> Path:
+    """The DFEW layout of the clips as symlinks (module docstring); returns its root."""
+    import shutil
+    shutil.rmtree(tree, ignore_errors=True)
+    frames, videos = tree / "Clip" / "clip_224x224", tree / "Clip" / "original"
+    frames.mkdir(parents=True)
+    videos.mkdir(parents=True)
+    usable = clips[clips.dfew_clip != ""]
+    for clip in usable.itertuples():
+        (frames / clip.dfew_clip).symlink_to((crop_root / clip.videoid).resolve(), target_is_directory=True)
+        (videos / f"{clip.dfew_clip}{Path(clip.path).suffix}").symlink_to(Path(clip.path).resolve())
+    for fold in sorted(usable.fold.unique()):
+        for split, part in (("train", usable[usable.fold != fold]), ("test", usable[usable.fold == fold])):
+            lines = [f"{c.dfew_clip},{c.dfew_label + 1}" for c in part.itertuples()]   # DFEW files count 1..7
+            write_text(tree / "EmoLabel_DataSplit" / f"{split}(single-labeled)" / f"set_{fold}.csv",
+                       "video_name,label\n" + "\n".join(lines) + "\n")
+    return tree
