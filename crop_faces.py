@@ -103,6 +103,8 @@ def run(cfg: CropConfig) -> pd.DataFrame:
     warnings, infos = WarningCounter(), []
     for info in track(results, total=len(videos), description="cropping faces", unit="videos"):
         infos.append(info)
+        if info.get("corrupt_packets"):
+            warnings("corrupt video", f"{info['path']}: {info['corrupt_packets']} corrupt video packets skipped")
         if info["error"]:
             warnings("unreadable", f"{info['path']}: unreadable ({info['error']}); no crops")
         elif not info["frames_with_face"]:

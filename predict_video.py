@@ -104,8 +104,10 @@ def run(cfg: PredictConfig) -> list[Path]:
     device = pick_device(cfg.device)
     opt = CropOptions(device=device, detect_size=cfg.detect_size, min_score=cfg.min_score,
                       batch=64 if device == "cuda" else 16)
-    done = []
+    done, stems = [], {}
     for path in map(Path, cfg.videos):
+        if stems.setdefault(path.stem, path) != path:
+            raise DataError(f"{path}: same name as {stems[path.stem]}; outputs are named by the file name")
         info = crop_video(path.stem, path, out / "crops", opt)
         if info["error"]:
             warnings("unreadable", f"{path}: unreadable ({info['error']}); skipped")

@@ -168,7 +168,8 @@ class CropOptions:
 
 def frames_of(path: Path, every: int = 1, counted: list | None = None):
     """The container's fps and an iterator of (frame number 1-based, RGB H x W x 3 uint8) of every
-    `every`-th decoded frame, in order; `counted[0]` is set to the number of frames decoded.
+    `every`-th decoded frame, in order; `counted[0]` is set to the number of frames decoded,
+    `counted[1]` counts the corrupt packets skipped.
     Raises av.FFmpegError or OSError on an unreadable file."""
     container = av.open(str(path))
     try:
@@ -180,9 +181,18 @@ def frames_of(path: Path, every: int = 1, counted: list | None = None):
     stream.thread_type = "AUTO"
     fps = float(stream.average_rate or stream.guessed_rate or 30.0)
 
+    def decoded():
+        # Packet by packet, so a corrupt packet costs its frames, not the rest of the video.
+        for packet in container.demux(stream):
+            try:
+                yield from packet.decode()
+            except av.error.InvalidDataError:
+                if counted is not None:
+                    counted[1] += 1
+
     def gen():
         with container:
-            for t, frame in enumerate(container.decode(stream), start=1):
+            for t, frame in enumerate(decoded(), start=1):
                 if counted is not None:
                     counted[0] = t
                 if (t - 1) % every == 0:
@@ -220,7 +230,7 @@ def crop_video(videoid: str, path: Path, root: Path, opt: CropOptions) -> dict:
                 size=opt.size, frames=0, frames_with_face=0, tracks=0, crops=0, txtids=[], error="")
     staging = root / "cropped_aligned" / f".staging-{videoid}"   # hidden: never read as data
     shutil.rmtree(staging, ignore_errors=True)
-    rows, counted, shape = [], [0], None
+    rows, counted, shape = [], [0, 0], None
     try:
         fps, frames = frames_of(path, opt.every, counted)
         tracker = Tracker(opt.min_iou, max(1, round(opt.max_gap_seconds * fps)))
@@ -252,7 +262,7 @@ def crop_video(videoid: str, path: Path, root: Path, opt: CropOptions) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     save_parquet(root / "faces" / f"{videoid}.parquet", table)
     n_frames = counted[0]
-    info.update(frames=n_frames, frames_examined=len(range(1, n_frames + 1, opt.every)),
+    info.update(frames=n_frames, corrupt_packets=counted[1], frames_examined=len(range(1, n_frames + 1, opt.every)),
                 frames_with_face=int(table["frame"].nunique()), tracks=int(table["track"].nunique()),
                 crops=int((table["txtid"] != "").sum()), txtids=sorted(set(table["txtid"]) - {""}),
                 width=int(shape[1]) if shape else 0, height=int(shape[0]) if shape else 0)
