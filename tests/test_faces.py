@@ -162,3 +162,27 @@ def test_the_layout_is_what_prepare_data_reads(cropped_real, real_clips, tmp_pat
         assert len(mine) == row.frames and set(mine.frame[mine.has_crop]) == written
     videos = pd.read_parquet(tmp_path / "data" / "videos.parquet")
     assert videos.has_audio.all()
+
+
+def test_two_people_side_by_side_become_left_and_right(real_clips, tmp_path):
+    # Two real speakers in one picture: RAVDESS (shrunk to 640x360) left, CREMA-D (480x360) right.
+    out = tmp_path / "pair.mp4"
+    with av.open(str(real_clips / "01-01-03-01-01-02-05.mp4")) as a, \
+            av.open(str(real_clips / "1001_DFA_HAP_XX.flv")) as b, av.open(str(out), "w") as dst:
+        stream = dst.add_stream("libx264", rate=30, options={"crf": "18", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 1120, 360, "yuv420p"
+        for i, (fa, fb) in enumerate(zip(a.decode(video=0), b.decode(video=0))):
+            if i == 24:
+                break
+            left = cv2.resize(fa.to_ndarray(format="rgb24"), (640, 360), interpolation=cv2.INTER_AREA)
+            image = np.concatenate([left, fb.to_ndarray(format="rgb24")], axis=1)
+            dst.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        dst.mux(stream.encode())
+    summary = crop_faces.main(["--videos", str(out), "--out", str(tmp_path / "out"), "--two-people", "--every", "3"])
+    assert summary.tracks.tolist() == [2] and summary.crops.tolist() == [16]
+    faces = pd.read_parquet(tmp_path / "out" / "faces" / "pair.parquet")
+    centre = faces.groupby("txtid")[["x1", "x2"]].mean().sum(axis=1) / 2
+    assert centre["pair_left"] < 640 < centre["pair_right"]
+    for side in ("left", "right"):
+        assert len(list((tmp_path / "out" / "cropped_aligned" / f"pair_{side}").glob("*.jpg"))) == 8
+    assert not (tmp_path / "out" / "cropped_aligned" / "pair").exists()

@@ -53,7 +53,7 @@ def test_a_real_video_gets_its_csv_txt_and_timeline(real_clips, demo_ensemble, t
     csv = pd.read_csv(out / f"{clip.stem}.csv")
     assert list(csv.columns) == ["frame", "time", "has_face", *EXPR_CLASSES, "label", "label_name"]
     assert csv.frame.tolist() == list(range(1, len(csv) + 1)) and len(csv) >= 55
-    assert csv.has_face.mean() >= 0.95 and np.allclose(csv[list(EXPR_CLASSES)].sum(1), 1, atol=1e-3)
+    assert csv.has_face.mean() >= 0.95 and np.allclose(csv[list(EXPR_CLASSES)].sum(axis=1), 1, atol=1e-3)
     assert np.allclose(np.diff(csv.time), 1 / 29.97, atol=2e-3)
     spec = read_json(demo_ensemble / "ensemble.json")
     scores = np.log(np.maximum(csv[list(EXPR_CLASSES)].to_numpy(), 1e-6)) + np.asarray(spec.get("bias") or 0.0)
