@@ -11,7 +11,6 @@ import av
 import cv2
 import numpy as np
 import pandas as pd
-import pytest
 
 import crop_faces
 from conftest import CROP_EVERY as EVERY, write_labels

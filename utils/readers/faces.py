@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -163,7 +163,6 @@ class CropOptions:
     two_people: bool = False
     quality: int = 95         # JPEG quality of the crops
     force: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def frames_of(path: Path, every: int = 1, counted: list | None = None):
