@@ -22,8 +22,7 @@ from joblib import Parallel, delayed
 
 from utils.config import parse_config
 from utils.console import WarningCounter, cli, log, table, track
-from utils.files import DataError, read_lines, walk
-from utils.readers.affwild2 import VIDEO_EXTENSIONS
+from utils.files import VIDEO_EXTENSIONS, DataError, is_video, read_lines, walk
 from utils.readers.faces import CropOptions, crop_video
 
 
@@ -56,7 +55,7 @@ def list_videos(sources: list[str]) -> list[tuple[str, Path]]:
     for source in sources:
         p = Path(source)
         if p.is_dir():
-            paths += [Path(d) / f for d, _, files in walk(p) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)]
+            paths += [Path(d) / f for d, _, files in walk(p) for f in files if is_video(f)]
         elif p.suffix.lower() == ".txt" and p.is_file():
             paths += [p.parent / line.strip() for line in read_lines(p) if line.strip() and not line.startswith("#")]
         elif p.is_file() or p.suffix.lower() in VIDEO_EXTENSIONS:

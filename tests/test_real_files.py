@@ -62,6 +62,15 @@ def test_a_sound_track_shorter_than_one_fft_window_prepares_with_a_counted_warni
     assert empty.shape == (128, 1) and (empty == audio.FLOOR_DB).all()   # zero samples: one column of silence
 
 
+@pytest.mark.parametrize("video_name", ["v.MTS", "v.m2ts", "v.3gp", "v.MP4"])
+def test_camcorder_and_phone_containers_and_upper_case_names_are_videos(tmp_path, video_name):
+    """AVCHD camcorders write .MTS/.m2ts (MPEG transport stream), phones .3gp; Windows tools upper-case."""
+    out = tmp_path / "out"
+    prepare(one_video_tree(tmp_path / "raw", audio=tone(1.0, RATE), video_name=video_name), out)
+    sound = np.load(out / "audio" / "v.npy")
+    assert abs(len(sound) / RATE - 1.0) < 0.1 and np.abs(sound).max() > 0.1
+
+
 def test_audio_decoded_again_never_leaves_a_stale_spectrogram(tmp_path):
     """A data folder prepared by a kit that summed the channels: prepare_data.py decodes the audio
     again (its cache records the decoder), and the spectrogram follows the newer audio."""
@@ -281,10 +290,15 @@ def test_keypoint_files_without_a_keypoint_stop_the_run(tmp_path):
 # ---------------------------------------------------------------- 5. operating-system and archive debris
 
 def debris(folder):
-    """What a Mac, Windows and a zip leave beside every file."""
+    """What a Mac, Windows, a zip and a Synology NAS leave beside every file."""
     for path in list(folder.rglob("*")):
         if path.is_file():
             (path.parent / f"._{path.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble \xff")
+            if path.suffix == ".jpg":   # the NAS's thumbnails of an image, in a folder named after it
+                thumbs = path.parent / "@eaDir" / path.name
+                thumbs.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, thumbs / "SYNOFILE_THUMB_M.jpg")
+                shutil.copy(path, thumbs / "00001.jpg")
     for parent in {p.parent for p in folder.rglob("*") if p.is_file()}:
         (parent / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
         (parent / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
@@ -314,6 +328,22 @@ def test_text_files_of_other_systems(tmp_path):
     split.write_text('"video_name";"label"\n"00001";"3"\n2;5\n')   # a spreadsheet in a ';' locale
     assert dfew.read_split(split) == [("00001", 3, 2), ("00002", 5, 3)]
     assert read_lines(split)[0] == '"video_name";"label"'
+
+
+def test_label_numbers_written_as_floats_by_other_tools_read_alike_in_both_datasets(tmp_path):
+    """pandas writes an integer column that held a NaN as floats ('3.0'); a fraction is never a label."""
+    split = tmp_path / "set_1.csv"
+    split.write_text("video_name,label\n1,3.0\n2, +5 \n")
+    assert dfew.read_split(split) == [("00001", 3, 2), ("00002", 5, 3)]
+    peer = tmp_path / "set_1_train.txt"
+    peer.write_text("/data/DFEW/clip_224x224/00001 16.0 3.0\n")
+    assert dfew.read_peer_list(peer) == [("00001", 3, 1)]
+    split.write_text("video_name,label\n1,3.5\n")
+    with pytest.raises(DataError, match=r"set_1.csv:2"):
+        dfew.read_split(split)
+    labels = tmp_path / "v.txt"
+    labels.write_text(EXPR_HEADER + "\n3.0\n4.5\nnan\ninf\n")
+    np.testing.assert_array_equal(affwild2.read_labels(labels), [3, -1, -1, -1])
 
 
 # ---------------------------------------------------------------- 6. crops in other formats and folders

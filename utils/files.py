@@ -21,9 +21,16 @@ import os
 import re
 from pathlib import Path
 
-DEBRIS_NAMES = frozenset({"__MACOSX", "Thumbs.db", "thumbs.db", "desktop.ini", "Desktop.ini",
-                          "$RECYCLE.BIN", "System Volume Information"})
+# Besides hidden names: archive and OS leftovers, and what NAS boxes add to shared folders
+# (Synology's @eaDir thumbnails and #recycle, QNAP's @Recycle, Linux's lost+found, macOS's Icon\r).
+DEBRIS_NAMES = frozenset({"__MACOSX", "Thumbs.db", "thumbs.db", "ehthumbs.db", "desktop.ini", "Desktop.ini",
+                          "$RECYCLE.BIN", "System Volume Information", "@eaDir", "#recycle", "#snapshot",
+                          "@Recycle", "@Recently-Snapshot", "lost+found", "Icon\r"})
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Containers PyAV (FFmpeg) opens that cameras, phones, broadcast and web tools write: camcorder
+# AVCHD (.mts/.m2ts), MPEG transport streams, 3GPP/3GPP2 from phones, Flash, Ogg, ASF.
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".flv", ".f4v", ".mpg", ".mpeg", ".wmv",
+                    ".asf", ".3gp", ".3g2", ".mts", ".m2ts", ".ts", ".ogv", ".vob", ".mxf")
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 
@@ -51,6 +58,20 @@ def listdir(folder) -> list[os.DirEntry]:
 
 def is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_video(name: str) -> bool:
+    return name.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def whole_number(text: str) -> int | None:
+    """The integer a label field means, as other tools write it: '4', ' 4 ', '+4', '4.0' (pandas
+    writes integer columns that held a NaN as floats), '4e0'; None for '4.5', 'nan', 'inf', ''."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None   # False for nan and inf
 
 
 def frame_number(name: str) -> int | None:

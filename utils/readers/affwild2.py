@@ -25,13 +25,12 @@ import numpy as np
 import pandas as pd
 
 from utils.classes import EXPR_CLASSES, EXPR_HEADER, EXPR_TEMPLATE_HEADER, IGNORE_LABEL
-from utils.files import DataError, frame_number, is_image, numbered_images, read_lines, walk
+from utils.files import DataError, frame_number, is_image, is_video, numbered_images, read_lines, walk, whole_number
 
 
 SPLIT_FOLDERS = {"train_set": "train", "training_set": "train", "validation_set": "val"}
 # ABAW 2020-21 named the folder EXPR_Set, ABAW5 EXPR_Classification_Challenge, ABAW6+ EXPR_Recognition_Challenge.
 ANNOTATION_PARENT = re.compile(r"^EXPR(_\w*_Challenge|_Set)$", re.IGNORECASE)
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".wmv", ".3gp")
 CROP_NAME = re.compile(r"^(\d+)\.jpg$")   # the organisers' test template names crops so
 TEMPLATE_NAME = re.compile(r".*expr.*test_set_(sample|example)\.txt$", re.IGNORECASE)
 # ABAW 2020-21 label files: the 7 classes of today without Other, same ids.
@@ -103,7 +102,7 @@ def scan(root: str | os.PathLike) -> Layout:
                     layout.duplicates.append((seen, here / name))
                 else:
                     layout.annotations[split][txtid] = here / name
-            elif lower.endswith(VIDEO_EXTENSIONS):
+            elif is_video(lower):
                 seen = layout.videos.setdefault(Path(name).stem, here / name)
                 if seen != here / name:
                     layout.duplicate_videos.append((seen, here / name))
@@ -165,11 +164,7 @@ def read_labels(path: Path, on_bad_line=None, on_seven_classes=None) -> np.ndarr
     labels = np.empty(len(body), dtype=np.int8)
     for i, text in enumerate(body):
         text = text.strip().rstrip(",")
-        try:
-            number = float(text)
-            value = int(number) if number == int(number) else None
-        except (ValueError, OverflowError):   # OverflowError: 'inf'
-            value = None
+        value = whole_number(text)
         if value is None or not IGNORE_LABEL <= value < len(EXPR_CLASSES):
             if on_bad_line is not None:
                 on_bad_line(path, i + 2, text)

@@ -37,7 +37,7 @@ from joblib import Parallel, delayed
 
 from utils.classes import DFEW_CLASSES, EXPR_CLASSES
 from utils.console import WarningCounter, log, table, track
-from utils.files import DataError, read_text, walk
+from utils.files import DataError, is_video, read_text, walk
 from utils.readers import affwild2
 from utils.readers.audio import ensure_spectrograms
 from utils.readers.dfew import prepare_dfew
@@ -123,7 +123,7 @@ def index_clips(root: Path, labels: str, warnings) -> pd.DataFrame:
     for dirpath, _, files in walk(root):
         for name in files:
             path = Path(dirpath) / name
-            if not name.lower().endswith(affwild2.VIDEO_EXTENSIONS):
+            if not is_video(name):
                 continue
             if path.stem in seen:
                 raise DataError(f"{path}: same name as {seen[path.stem]}; clips are named by their file stem")

@@ -47,7 +47,7 @@ from joblib import Parallel, delayed
 
 from utils.classes import DFEW_CLASSES, NUM_DFEW_CLASSES
 from utils.console import WarningCounter, log, table, track
-from utils.files import DataError, frame_number, is_image, numbered_images, read_lines, walk
+from utils.files import DataError, frame_number, is_image, is_video, numbered_images, read_lines, walk, whole_number
 from utils.readers.media import prepare_media, report_media
 from utils.evaluation.metrics import per_class_f1, uar_war
 from utils.runs import read_json, save_parquet, write_json, write_text
@@ -60,7 +60,6 @@ SPLIT_FILE = re.compile(r"^set_(\d+)\.csv$", re.IGNORECASE)
 PEER_LIST = re.compile(r"^(?:dfew_)?set_?(\d+)_(train|test)\.txt$", re.IGNORECASE)
 PEER_FOLDER = re.compile(r"^split0*(\d+)$", re.IGNORECASE)
 PEER_CSV = re.compile(r"^(train|test)\.csv$", re.IGNORECASE)
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".wmv", ".3gp")
 HEADER = "video_name,label"
 N_FOLDS = 5
 SPLITS = ("train", "test")
@@ -70,7 +69,7 @@ def clip_id(text: str) -> str | None:
     """'1', '00001' and '00001.mp4' name the same clip, '00001'; None if the text is not a number
     (with a video file's extension at most)."""
     text = text.strip()
-    if text.lower().endswith(VIDEO_EXTENSIONS):
+    if is_video(text):
         text = text.rsplit(".", 1)[0]
     return f"{int(text):05d}" if re.fullmatch(r"[0-9]+", text) else None
 
@@ -155,7 +154,7 @@ def scan(root: str | os.PathLike, frames: str = "auto", label_base: int | None =
                     raise DataError(f"{here / name}: fold {key[0]} {key[1]} split also given by "
                                     f"{split_files[key]}")
                 split_files[key] = here / name
-            elif name.lower().endswith(VIDEO_EXTENSIONS) and clip_id(Path(name).stem):
+            elif is_video(name) and clip_id(Path(name).stem):
                 videos.setdefault(clip_id(Path(name).stem), here / name)
             elif PEER_LIST.match(name):
                 m = PEER_LIST.match(name)
@@ -201,11 +200,11 @@ def read_split(path: Path) -> list[tuple[str, int, int]]:
             continue
         fields = [f.strip().strip('"').strip() for f in line.strip().split(separator)]
         clip = clip_id(fields[0]) if len(fields) == 2 else None
-        label = fields[1] if len(fields) == 2 else ""
-        if clip is None or not re.fullmatch(r"[0-7]", label):
+        label = whole_number(fields[1]) if len(fields) == 2 else None
+        if clip is None or label is None or not 0 <= label <= 7:
             raise DataError(f"{path}:{number}: expected '<clip number>{separator}<label 0..7>', "
                             f"got '{line.strip()[:80]}'")
-        rows.append((clip, int(label), number))
+        rows.append((clip, label, number))
     return rows
 
 
@@ -218,10 +217,11 @@ def read_peer_list(path: Path) -> list[tuple[str, int, int]]:
         if not fields:
             continue
         clip = clip_id(fields[0].replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]) if len(fields) in (2, 3) else None
-        if clip is None or not re.fullmatch(r"[0-7]", fields[-1]) or (len(fields) == 3 and not fields[1].isdigit()):
+        label = whole_number(fields[-1])
+        if clip is None or label is None or not 0 <= label <= 7 or (len(fields) == 3 and whole_number(fields[1]) is None):
             raise DataError(f"{path}:{number}: expected '<clip folder> [<n_frames>] <label 0..6>', "
                             f"got '{line.strip()[:80]}'")
-        rows.append((clip, int(fields[-1]), number))
+        rows.append((clip, label, number))
     return rows
 
 
