@@ -89,7 +89,7 @@ def test_landmarks_found_again_on_the_crops_sit_on_the_template(cropped_real):
         assert len(points), f"{path}: no face found on the crop"
         errors.append(np.linalg.norm(points[0] - 28 - TEMPLATE_112, axis=1).mean())
     # MTCNN's own landmark noise is a few pixels at this size.
-    assert np.median(errors) < 3.5 and np.max(errors) < 6, np.round(errors, 1)
+    assert np.median(errors) < 2.5 and np.max(errors) < 5, np.round(errors, 1)
 
 
 def test_no_face_clip_gets_no_crop_and_a_warning(pyfeat_videos, tmp_path, capsys):
