@@ -95,6 +95,7 @@ def run(cfg: CropConfig) -> pd.DataFrame:
                       min_score=cfg.min_score, min_face=cfg.min_face, max_gap_seconds=cfg.max_gap,
                       batch=cfg.batch, every=max(1, cfg.every), two_people=cfg.two_people, force=cfg.force)
     jobs = 1 if opt.device == "cuda" else max(1, cfg.jobs)   # one GPU: batches, not processes
+    opt.progress = jobs == 1
     log(f"{len(videos)} videos -> {root}/cropped_aligned ({opt.size}x{opt.size}, MTCNN on {opt.device}, "
         f"{jobs} job(s))")
     results = Parallel(n_jobs=jobs, return_as="generator_unordered")(

@@ -103,7 +103,7 @@ def run(cfg: PredictConfig) -> list[Path]:
     warnings = WarningCounter()
     device = pick_device(cfg.device)
     opt = CropOptions(device=device, detect_size=cfg.detect_size, min_score=cfg.min_score,
-                      batch=64 if device == "cuda" else 16)
+                      batch=64 if device == "cuda" else 16, progress=True)
     done, stems = [], {}
     for path in map(Path, cfg.videos):
         if stems.setdefault(path.stem, path) != path:

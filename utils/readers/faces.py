@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from utils.console import track
 from utils.runs import read_json, save_parquet, write_json
 
 # insightface's arcface_torch template (src: insightface/python-package/insightface/utils/face_align.py),
@@ -163,6 +164,7 @@ class CropOptions:
     two_people: bool = False
     quality: int = 95         # JPEG quality of the crops
     force: bool = False
+    progress: bool = False    # a progress bar over the video's frames (one video at a time only)
 
 
 def frames_of(path: Path, every: int = 1, counted: list | None = None):
@@ -233,17 +235,21 @@ def crop_video(videoid: str, path: Path, root: Path, opt: CropOptions) -> dict:
     try:
         fps, frames = frames_of(path, opt.every, counted)
         tracker = Tracker(opt.min_iou, max(1, round(opt.max_gap_seconds * fps)))
-        for batch in _batches(frames, opt.batch):
+        batches = _batches(frames, opt.batch)
+        if opt.progress:
+            total = -(-(probe_frames(path) or 0) // (opt.batch * opt.every)) or None
+            batches = track(batches, total=total, description=videoid, unit="frames", scale=opt.batch * opt.every)
+        for batch in batches:
             found = detect([f for _, f in batch], opt.device, opt.detect_size, opt.min_score, opt.min_face)
             for (t, image), (boxes, scores, points) in zip(batch, found):
                 shape = image.shape
-                for box, score, lm, track in zip(boxes, scores, points, tracker.update(t, boxes)):
-                    folder = staging / str(track)
+                for box, score, lm, track_id in zip(boxes, scores, points, tracker.update(t, boxes)):
+                    folder = staging / str(track_id)
                     folder.mkdir(parents=True, exist_ok=True)
                     crop = align(image, lm, opt.size)
                     cv2.imwrite(str(folder / f"{t:05d}.jpg"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, opt.quality])
-                    rows.append((t, *box, score, *lm.reshape(-1), track))
+                    rows.append((t, *box, score, *lm.reshape(-1), track_id))
     except (av.FFmpegError, OSError, ValueError) as err:
         shutil.rmtree(staging, ignore_errors=True)
         return info | {"error": f"{type(err).__name__}: {err}"}
@@ -256,8 +262,8 @@ def crop_video(videoid: str, path: Path, root: Path, opt: CropOptions) -> dict:
     for folder in (root / "cropped_aligned").glob(f"{glob_escape(videoid)}*"):
         if folder.name in (videoid, f"{videoid}_left", f"{videoid}_right"):
             shutil.rmtree(folder)   # a previous, different run of this video
-    for track, suffix in chosen.items():
-        os.replace(staging / str(track), root / "cropped_aligned" / f"{videoid}{suffix}")
+    for track_id, suffix in chosen.items():
+        os.replace(staging / str(track_id), root / "cropped_aligned" / f"{videoid}{suffix}")
     shutil.rmtree(staging, ignore_errors=True)
     save_parquet(root / "faces" / f"{videoid}.parquet", table)
     n_frames = counted[0]
@@ -287,3 +293,12 @@ def choose_tracks(table: pd.DataFrame, two_people: bool) -> dict[int, str]:
 
 def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def probe_frames(path: Path) -> int:
+    """The frame count the container states (0 if it states none), for progress only."""
+    try:
+        with av.open(str(path)) as container:
+            return int(container.streams.video[0].frames or 0)
+    except (av.FFmpegError, OSError, IndexError):
+        return 0
