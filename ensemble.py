@@ -132,8 +132,8 @@ def run(cfg: EnsembleConfig) -> Path:
     options = SearchOptions(step=cfg.step, biases=cfg.biases, bias_range=cfg.bias_range,
                             bias_step=cfg.bias_step, smooth_methods=cfg.smooth_methods,
                             smooth_windows=cfg.smooth_windows if cfg.smooth else [])
-    tuned = tune(probs, txtid, labels, options)
-    honest = honest_estimate(probs, txtid, labels, options, cfg.split_seed)
+    tuned = tune(probs, txtid, labels, options, progress="search on val")
+    honest = honest_estimate(probs, txtid, labels, options, cfg.split_seed, progress="honest estimate")
 
     # Every reported figure comes from apply_spec and utils.evaluation.metrics: the same path that
     # make_submission.py takes, so its val score must match these numbers exactly.

@@ -130,8 +130,8 @@ def image_features(cfg, frames: pd.DataFrame, warnings, d) -> tuple[np.ndarray, 
     part = frames["path"].to_numpy()[shard(len(frames), d)]   # under torchrun each rank takes a shard
     loader = DataLoader(FrameImages(part, cfg.crop_size or cfg.img_size), batch_size=cfg.batch_size,
                         num_workers=cfg.workers, pin_memory=d.device.type == "cuda")
-    out = Rows(len(part), features=np.float16, ok=bool)
-    for images, good in track(loader, description="image features", unit="frames", scale=cfg.batch_size) if d.main else loader:
+    out = Rows(len(part), "image features" if d.main else None, "frames", features=np.float16, ok=bool)
+    for images, good in loader:
         with autocast(d.device, precision):
             f, _ = features_and_logits(model, pipe(images))
         out.add(features=f, ok=good)
@@ -282,10 +282,8 @@ def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnin
     pipe = AudioPipe(saved["img_size"], saved["spec_mean_db"], saved["spec_std_db"], d.device)
     precision = pick_precision(d.device, cfg.precision)
     windows = Subset(windows, shard(len(windows), d))
-    out = Rows(len(windows), features=np.float16)
-    loader = DataLoader(windows, batch_size=cfg.batch_size, collate_fn=keep_batch)
-    batches = track(loader, description="audio-branch windows", unit="windows", scale=cfg.batch_size) if d.main else loader
-    for spec, width, _ in batches:
+    out = Rows(len(windows), "audio-branch windows" if d.main else None, "windows", features=np.float16)
+    for spec, width, _ in DataLoader(windows, batch_size=cfg.batch_size, collate_fn=keep_batch):
         with autocast(d.device, precision):
             f, _ = features_and_logits(model, pipe(spec, width))
         out.add(features=f)
@@ -304,7 +302,7 @@ def extra_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> 
              if e.name.lower().endswith(".npy") and clip_id(Path(e.name).stem)}
     n_frames = dict(zip(clips["clip"], clips["n_frames"]))
     parts, width = {}, None
-    for clip, rows in frames.groupby("clip", sort=False).indices.items():
+    for clip, rows in track(frames.groupby("clip", sort=False).indices.items(), description="extra features", unit="clips"):
         path = files.get(clip)
         if path is None:
             warnings("no extra file", f"{folder / clip}.npy: not found; clip {clip} masked")

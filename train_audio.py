@@ -24,8 +24,9 @@ from utils.config import parse_config
 from utils.console import cli, log, table
 from utils.training.data import ClassBalancedSampler, keep_batch, load_frames, load_videos, need
 from utils.training.engine import Trainer, pick_precision, score, setup_distributed
+from utils.training.plan import Plan
 from utils.models.backbones import create_model, load_weights
-from utils.evaluation.inference import predict_windows
+from utils.evaluation.inference import predict_windows, windows_to_predict
 from utils.evaluation.preds import save_preds, skip_split
 from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
 
@@ -135,7 +136,8 @@ def main(argv=None):
     val = frames[val_mask].reset_index(drop=True)
 
     def evaluate(model):
-        logits, _ = predict_windows(model, val, windows_of(val_mask), pipe, d, precision, **predict_args)
+        logits, _ = predict_windows(model, val, windows_of(val_mask), pipe, d, precision, **predict_args,
+                                    progress="validation")
         return score(val["label"].to_numpy(), logits)
 
     def step(net, batch):
@@ -162,7 +164,13 @@ def main(argv=None):
                 f"{name} {k['kept']:,}/{k['of']:,} ({k['kept'] / max(k['of'], 1):.0%})" for name, k in kept.items()))
             log(f"drawn per epoch (cap {sampler.max_per_class:,}): "
                 + ", ".join(f"{n} {c}" for n, c in zip(sampler.draw_counts, EXPR_CLASSES)))
-        trainer = Trainer(model, cfg, run, d, precision, step, evaluate)
+        n_windows = len(cfg.window_frames)
+        plan = Plan("windows", len(sampler) * d.world_size, cfg.batch_size * d.world_size, cfg.epochs,
+                    windows_to_predict(frames[val_mask], video[val_mask], cfg.predict_stride, n_windows),
+                    {s: windows_to_predict(frames[m], video[m], cfg.predict_stride, n_windows)
+                     for s in ("train", "val", "test") if (m := (frames.split == s).to_numpy()).any()},
+                    note=f"predict stride {cfg.predict_stride}")
+        trainer = Trainer(model, cfg, run, d, precision, step, evaluate, plan=plan)
         trainer.fit(loader_for(dataset, cfg, sampler), sampler)
     if not (run / "best.pt").exists():
         raise SystemExit(f"error: {run / 'best.pt'} not found: nothing to predict with")
@@ -177,7 +185,8 @@ def main(argv=None):
             if d.main:
                 skip_split(run, split, source)
             continue
-        logits, feats = predict_windows(model, part, windows_of(mask), pipe, d, precision, **predict_args)
+        logits, feats = predict_windows(model, part, windows_of(mask), pipe, d, precision, **predict_args,
+                                        progress=f"predict {split}")
         if d.main:
             save_preds(run / "preds" / f"{split}.npz", txtid=part["txtid"].to_numpy(), frame=part["frame"].to_numpy(),
                        label=part["label"].to_numpy(), has_crop=part["has_crop"].to_numpy(), logits=logits,

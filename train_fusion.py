@@ -28,6 +28,7 @@ from utils.config import parse_config, peek
 from utils.console import cli, log, table
 from utils.training.data import ClassBalancedSampler, keep_batch, load_frames, need
 from utils.training.engine import Trainer, pick_precision, score, setup_distributed
+from utils.training.plan import Plan
 from utils.evaluation.inference import predict_tokens
 from utils.models.fusion import HEADS, ModalFusionModule, TokenDataset, context_offsets, context_rows, sort_rows
 from utils.models.backbones import load_weights
@@ -165,7 +166,8 @@ def main(argv=None):
     val_data = dataset_for(val, offsets, val_rows)
 
     def evaluate(model):
-        return score(val["label"][val_rows], predict_tokens(model, val_data, d, precision, batch_size=cfg.batch_size * 4)["ensemble"])
+        return score(val["label"][val_rows], predict_tokens(model, val_data, d, precision, batch_size=cfg.batch_size * 4,
+                                                            progress="validation")["ensemble"])
 
     def step(net, batch):
         image, mask, audio, labels = (t.to(d.device, non_blocking=True) for t in batch)
@@ -180,7 +182,9 @@ def main(argv=None):
         if d.main:
             log(f"train frames {len(rows):,}; drawn per epoch (cap {sampler.max_per_class:,}): "
                 + ", ".join(f"{n} {c}" for n, c in zip(sampler.draw_counts, EXPR_CLASSES)))
-        Trainer(model, cfg, run, d, precision, step, evaluate).fit(loader, sampler)
+        plan = Plan("frames", len(sampler) * d.world_size, cfg.batch_size * d.world_size, cfg.epochs, len(val_rows),
+                    {s: len(split["txtid"]) for s, split in splits.items()}, note="and the test split if the runs have it")
+        Trainer(model, cfg, run, d, precision, step, evaluate, plan=plan).fit(loader, sampler)
     if not (run / "best.pt").exists():
         raise SystemExit(f"error: {run / 'best.pt'} not found: nothing to predict with")
     best = load_weights(model, run / "best.pt")
@@ -195,7 +199,8 @@ def main(argv=None):
             if d.main:
                 skip_split(run, name, f"{cfg.image}/preds and {cfg.audio}/preds")
             continue
-        outputs = predict_tokens(model, dataset_for(split, offsets), d, precision, batch_size=cfg.batch_size * 4)
+        outputs = predict_tokens(model, dataset_for(split, offsets), d, precision, batch_size=cfg.batch_size * 4,
+                                 progress=f"predict {name}")
         if d.main:
             save_preds(run / "preds" / f"{name}.npz", txtid=split["txtid"], frame=split["frame"], label=split["label"],
                        has_crop=split["has_crop"], logits=outputs["ensemble"], features=outputs["features"],

@@ -31,6 +31,7 @@ from utils.training.data import (ClassBalancedSampler, CropDataset, image_augmen
                         seed_worker)
 from utils.readers.dfew import clip_score, fold_frames, seen_clips, weights_split
 from utils.training.engine import InputPipe, Trainer, pick_precision, score, setup_distributed
+from utils.training.plan import Plan
 from utils.models.backbones import create_model, load_weights, normalisation
 from utils.evaluation.inference import infer_crops, predict_crops
 from utils.evaluation.preds import save_preds, skip_split
@@ -149,7 +150,7 @@ def main(argv=None):
         log(f"{run}: {cfg.model} at {cfg.img_size}px, {precision}, {d.world_size} x {d.device}")
 
     def evaluate(model):
-        logits, _ = infer_crops(model, val, pipe, d, precision, **infer_args)
+        logits, _ = infer_crops(model, val, pipe, d, precision, **infer_args, progress="validation")
         return clip_score(val["txtid"], val["label"], logits) if dfew else score(val["label"].to_numpy(), logits)
 
     def step(net, batch):
@@ -166,7 +167,11 @@ def main(argv=None):
         if d.main:
             log(f"train frames {len(train):,}; drawn per epoch (cap {sampler.max_per_class:,}): "
                 + ", ".join(f"{n} {c}" for n, c in zip(sampler.draw_counts, classes)))
-        trainer = Trainer(model, cfg, run, d, precision, step, evaluate, weights, metric="UAR" if dfew else "macro-F1")
+        crops = {s: int(((frames.split == s) & frames.has_crop & predicted).sum()) for s in ("train", "val", "test")}
+        plan = Plan("images", len(sampler) * d.world_size, cfg.batch_size * d.world_size, cfg.epochs, len(val),
+                    {s: n for s, n in crops.items() if n and not (dfew and s == "train")}, 2 if cfg.tta else 1, "crops")
+        trainer = Trainer(model, cfg, run, d, precision, step, evaluate, weights, metric="UAR" if dfew else "macro-F1",
+                          plan=plan)
         trainer.fit(loader_for(dataset, cfg, sampler), sampler)
     if not (run / "best.pt").exists():
         raise SystemExit(f"error: {run / 'best.pt'} not found: nothing to predict with")
@@ -179,7 +184,7 @@ def main(argv=None):
             if d.main:
                 skip_split(run, split, source)
             continue
-        preds = predict_crops(model, part, pipe, d, precision, **infer_args, tta=cfg.tta)
+        preds = predict_crops(model, part, pipe, d, precision, **infer_args, tta=cfg.tta, progress=f"predict {split}")
         if d.main:
             save_preds(run / "preds" / f"{split}.npz", **preds)
         results[split] = preds

@@ -12,6 +12,9 @@ it improves the score, so on the data it was tuned on no stage can lower it. Bec
 it is tuned on val, honest_estimate() also tunes on half of the val videos and scores on the
 other half (and swaps).
 
+Each search stage shows its progress when given a `progress` description (utils.console.Progress:
+a bar on a terminal, done/total, rate and ETA lines in a log; None is silent).
+
 The search loops score thousands of candidates, so they use fast_macro_f1 (a bincount, equal
 to utils.evaluation.metrics.macro_f1 on frames already stripped of -1); reported figures use utils.evaluation.metrics.
 """
@@ -29,6 +32,7 @@ from utils.readers.affwild2 import videoid_of
 from utils.classes import IGNORE_LABEL, NUM_EXPR_CLASSES
 from utils.evaluation.metrics import macro_f1
 from utils.evaluation.preds import check_same_frames, load_preds
+from utils.console import Progress
 
 EPS = 1e-6            # floor before the log, so a smoothed probability of 0 stays finite
 SMOOTH_METHODS = ("median", "mean")
@@ -184,7 +188,7 @@ def simplex_grid(members: int, step: float) -> np.ndarray:
     return np.array(list(compositions(n, members)), dtype=np.float64) / n
 
 
-def search_weights(probs: list[np.ndarray], y: np.ndarray, step: float = 0.05):
+def search_weights(probs: list[np.ndarray], y: np.ndarray, step: float = 0.05, progress: str | None = None):
     """Weights maximising macro-F1: the full grid up to three members, line search beyond.
 
     probs hold only the labelled frames. Returns (weights, score); ties keep the first found.
@@ -196,10 +200,13 @@ def search_weights(probs: list[np.ndarray], y: np.ndarray, step: float = 0.05):
 
     if m <= 3:
         best_w, best = None, -1.0
-        for w in simplex_grid(m, step):
-            s = score(w)
-            if s > best + MIN_GAIN:
-                best_w, best = w, s
+        grid = simplex_grid(m, step)
+        with Progress(len(grid), f"{progress}: weights", "mixes", show=progress is not None) as bar:
+            for w in grid:
+                s = score(w)
+                if s > best + MIN_GAIN:
+                    best_w, best = w, s
+                bar.advance()
         return best_w, best
     # Beyond three members the grid grows too fast: start from the best of the uniform mix
     # and each member alone, then move one member's weight along a line at a time (the
@@ -208,9 +215,12 @@ def search_weights(probs: list[np.ndarray], y: np.ndarray, step: float = 0.05):
     scores = [score(w) for w in starts]
     best_w, best = starts[int(np.argmax(scores))], max(scores)
     levels = np.arange(int(round(1 / step)) + 1) * step
+    # The total is the most the sweeps can take; a search that settles early ends below it.
+    bar = Progress(20 * m * len(levels), f"{progress}: weights (line search)", "mixes", show=progress is not None)
     for _ in range(20):
         improved = False
         for i in range(m):
+            bar.advance(len(levels))
             rest = best_w.copy()
             rest[i] = 0.0
             rest = rest / rest.sum() if rest.sum() > 0 else np.where(np.arange(m) == i, 0.0, 1 / (m - 1))
@@ -222,27 +232,32 @@ def search_weights(probs: list[np.ndarray], y: np.ndarray, step: float = 0.05):
                     best_w, best, improved = w, s, True
         if not improved:
             break
+    bar.close()
     return best_w, best
 
 
 def search_smoothing(probs: np.ndarray, txtid: np.ndarray, labelled: np.ndarray, y: np.ndarray,
-                     methods, windows, current: float):
+                     methods, windows, current: float, progress: str | None = None):
     """The (method, window) with the best macro-F1, or None if none beats `current`.
 
     Smoothing runs over all frames of each video (unlabelled ones too); only labelled rows
     are scored. Returns (choice, score, every candidate's score).
     """
     best, best_score, tried = None, current, []
+    bar = Progress(len(methods) * len(windows), f"{progress}: smoothing", "filters", show=progress is not None)
     for method in methods:
         for window in windows:
             s = fast_macro_f1(y, smooth(probs, txtid, method, window)[labelled].argmax(axis=1))
+            bar.advance()
             tried.append({"method": method, "window": int(window), "macro_f1": s})
             if s > best_score + MIN_GAIN:
                 best, best_score = {"method": method, "window": int(window)}, s
+    bar.close()
     return best, best_score, tried
 
 
-def search_bias(scores: np.ndarray, y: np.ndarray, values: np.ndarray, sweeps: int = 10):
+def search_bias(scores: np.ndarray, y: np.ndarray, values: np.ndarray, sweeps: int = 10,
+                progress: str | None = None):
     """Per-class additive biases on log-probabilities by coordinate ascent.
 
     For class c every value in `values` is tried with the other biases fixed: a frame goes to
@@ -253,9 +268,12 @@ def search_bias(scores: np.ndarray, y: np.ndarray, values: np.ndarray, sweeps: i
     k = scores.shape[1]
     bias = np.zeros(k)
     best = fast_macro_f1(y, scores.argmax(axis=1))
+    # The total is the most the sweeps can take; a search that settles early ends below it.
+    bar = Progress(sweeps * k * len(values), f"{progress}: class biases", "candidates", show=progress is not None)
     for _ in range(sweeps):
         improved = False
         for c in range(k):
+            bar.advance(len(values))
             others = scores + bias
             others[:, c] = -np.inf
             other_arg = others.argmax(axis=1)
@@ -276,6 +294,7 @@ def search_bias(scores: np.ndarray, y: np.ndarray, values: np.ndarray, sweeps: i
                 bias, best, improved = trial, s, True
         if not improved:
             break
+    bar.close()
     return bias, best
 
 
@@ -310,23 +329,24 @@ def spec_of(weights, smoothing=None, bias=None) -> dict:
 
 
 def tune(probs: list[np.ndarray], txtid: np.ndarray, labels: np.ndarray,
-         options: SearchOptions) -> Tuned:
-    """Weights, then smoothing given the weights, then biases given both."""
+         options: SearchOptions, progress: str | None = None) -> Tuned:
+    """Weights, then smoothing given the weights, then biases given both (each stage's progress
+    under `progress`, None: silent)."""
     labelled = np.flatnonzero(labels != IGNORE_LABEL)
     if not len(labelled):
         raise DataError("no labelled frame to tune the ensemble on")
     y = labels[labelled].astype(np.int64)
-    weights, s_weights = search_weights([p[labelled] for p in probs], y, options.step)
+    weights, s_weights = search_weights([p[labelled] for p in probs], y, options.step, progress)
     p = combine(probs, weights)
     smoothing, s_smooth, tried = None, s_weights, []
     if options.smooth_windows and options.smooth_methods:
         smoothing, s_smooth, tried = search_smoothing(p, txtid, labelled, y, options.smooth_methods,
-                                                      options.smooth_windows, s_weights)
+                                                      options.smooth_windows, s_weights, progress)
     if smoothing:
         p = smooth(p, txtid, smoothing["method"], smoothing["window"])
     bias, s_bias = np.zeros(p.shape[1]), s_smooth
     if options.biases:
-        bias, s_bias = search_bias(log_scores(p[labelled]), y, options.bias_values())
+        bias, s_bias = search_bias(log_scores(p[labelled]), y, options.bias_values(), progress=progress)
     specs = {"weights": spec_of(weights), "smoothing": spec_of(weights, smoothing),
              "biases": spec_of(weights, smoothing, bias)}
     return Tuned(specs, {"weights": s_weights, "smoothing": s_smooth, "biases": s_bias}, tried)
@@ -349,7 +369,7 @@ def split_halves(txtid: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def honest_estimate(probs: list[np.ndarray], txtid: np.ndarray, labels: np.ndarray,
-                    options: SearchOptions, seed: int = 0) -> dict | None:
+                    options: SearchOptions, seed: int = 0, progress: str | None = None) -> dict | None:
     """Tune on half of the val videos, predict the other half, swap; score the pooled
     out-of-half predictions at every stage. None when val has fewer than two videos."""
     txtid = np.asarray(txtid)
@@ -358,9 +378,10 @@ def honest_estimate(probs: list[np.ndarray], txtid: np.ndarray, labels: np.ndarr
         return None
     pooled = {stage: np.zeros(len(txtid), dtype=np.int64) for stage in ("weights", "smoothing", "biases")}
     halves = []
-    for tune_rows, score_rows in ((half_a, ~half_a), (~half_a, half_a)):
+    for half, (tune_rows, score_rows) in zip("AB", ((half_a, ~half_a), (~half_a, half_a))):
         t, s = np.flatnonzero(tune_rows), np.flatnonzero(score_rows)
-        tuned = tune([p[t] for p in probs], txtid[t], labels[t], options)
+        tuned = tune([p[t] for p in probs], txtid[t], labels[t], options,
+                     None if progress is None else f"{progress} (tuned on half {half})")
         for stage, spec in tuned.specs.items():
             pooled[stage][s] = apply_spec([p[s] for p in probs], txtid[s], spec)
         halves.append({"videos": int(len(video_starts(txtid[s])) - 1), "frames": int(len(s)),

@@ -4,6 +4,8 @@ script that runs a trained model on new data).
 Each function runs one model in eval mode without gradients, splits the rows over the DDP ranks
 (utils.training.engine.shard) and gathers them back in row order, so every rank returns the whole
 result. Frames are rows of the frame table (DESIGN.md section 3: txtid, frame, label, has_crop).
+Each shows its progress under `progress` (a description, e.g. "predict val"; rank 0 only): a bar
+on a terminal, done/total, rate and ETA lines in a log (utils.training.engine.Rows).
 """
 from __future__ import annotations
 
@@ -23,14 +25,14 @@ from utils.training.engine import Rows, autocast, gather, shard
 
 @torch.no_grad()
 def infer_crops(model, frames: pd.DataFrame, pipe, d, precision: str, *, crop_size: int, batch_size: int,
-                workers: int = 0, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                workers: int = 0, tta: bool = False, progress: str = "image crops") -> tuple[np.ndarray, np.ndarray]:
     """Logits (N x classes, float32) and pooled features (N x D, float16) of every row of `frames`,
     all of which must have a crop. `tta` averages with the horizontally flipped crop."""
     part = frames.iloc[shard(len(frames), d)]
     loader = DataLoader(CropDataset(part, crop_size=crop_size), batch_size=batch_size, num_workers=workers,
                         pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker)
     model.eval()
-    out = Rows(len(part), features=np.float16)
+    out = Rows(len(part), progress if d.main else None, "crops", features=np.float16)
     for images, _, _ in loader:
         x = pipe(images)
         with autocast(d.device, precision):
@@ -66,7 +68,7 @@ def predict_crops(model, frames: pd.DataFrame, pipe, d, precision: str, **infer_
 
 @torch.no_grad()
 def predict_windows(model, frames: pd.DataFrame, windows, pipe, d, precision: str, *, batch_size: int,
-                    stride: int = 1, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                    stride: int = 1, workers: int = 0, progress: str = "audio windows") -> tuple[np.ndarray, np.ndarray]:
     """The audio branch's logits (N x 8, float32: the mean over the frame's windows) and per-window
     features (N x n_lengths x D, float16) for every row of `frames`.
 
@@ -93,7 +95,7 @@ def predict_windows(model, frames: pd.DataFrame, windows, pipe, d, precision: st
     loader = DataLoader(Subset(flat, part), batch_size=batch_size, num_workers=workers, collate_fn=keep_batch,
                         pin_memory=torch.cuda.is_available())
     model.eval()
-    out = Rows(len(part), features=np.float16)
+    out = Rows(len(part), progress if d.main else None, "windows", features=np.float16)
     for spec, widths, _ in loader:
         with autocast(d.device, precision):
             f, l = features_and_logits(model, pipe(spec, widths))
@@ -106,13 +108,21 @@ def predict_windows(model, frames: pd.DataFrame, windows, pipe, d, precision: st
     return logits[chosen].mean(1), feats[chosen]
 
 
+def windows_to_predict(frames: pd.DataFrame, video: np.ndarray, stride: int, n_lengths: int) -> int:
+    """How many windows predict_windows runs for `frames` (video: each row's video index): those of
+    every `stride`-th frame of each video and of its last, `n_lengths` per frame."""
+    keys = np.unique(np.stack([video, frames["frame"].to_numpy()], 1), axis=0)
+    last = np.r_[keys[1:, 0] != keys[:-1, 0], True] if len(keys) else np.zeros(0, bool)
+    return int((((keys[:, 1] - 1) % stride == 0) | last).sum()) * n_lengths
+
+
 @torch.no_grad()
-def predict_tokens(model, dataset, d, precision: str, *, batch_size: int) -> dict:
+def predict_tokens(model, dataset, d, precision: str, *, batch_size: int, progress: str = "fusion") -> dict:
     """The fusion model's three heads (logits_image, logits_audio, logits_fusion), their ensemble and
     the pooled feature for every row of a utils.models.fusion.TokenDataset, as float32 arrays."""
     part = Subset(dataset, shard(len(dataset), d))
     model.eval()
-    out = Rows(len(part))
+    out = Rows(len(part), progress if d.main else None, "frames")
     for image, mask, audio, _ in DataLoader(part, batch_size=batch_size, collate_fn=keep_batch):
         with autocast(d.device, precision):
             y = model(image.to(d.device), mask.to(d.device), audio.to(d.device))

@@ -53,6 +53,7 @@ from utils.console import log, table, warn
 from utils.training.data import ClassBalancedSampler, keep_batch, nearest_index
 from utils.readers.dfew import fold_split, read_tables, sample_indices, seen_clips
 from utils.training.engine import Rows, Trainer, autocast, pick_precision, setup_distributed
+from utils.training.plan import Plan
 from utils.evaluation.metrics import per_class_f1, uar_war
 from utils.models.backbones import load_weights
 from utils.evaluation.preds import save_preds
@@ -294,9 +295,9 @@ class FrameAverage(nn.Module):
 
 
 @torch.no_grad()
-def predict(model, dataset, cfg, d, precision) -> np.ndarray:
+def predict(model, dataset, cfg, d, precision, progress: str = "clips") -> np.ndarray:
     model.eval()
-    out = Rows(len(dataset))
+    out = Rows(len(dataset), progress if d.main else None, "clips")
     for feats, masks, _ in DataLoader(dataset, batch_size=cfg.batch_size * 4, collate_fn=keep_batch):
         with autocast(d.device, precision):
             out.add(logits=model([f.to(d.device) for f in feats], [m.to(d.device) for m in masks]))
@@ -326,7 +327,7 @@ def train_fold(cfg, clips, split: dict, streams, fold: int, run: Path, d, seen_v
                                         for s, ix in (("train", train), ("val", val), ("test", test))})
 
     def evaluate(model):
-        logits = predict(model, datasets["val"], cfg, d, precision)
+        logits = predict(model, datasets["val"], cfg, d, precision, f"fold {fold} validation")
         uar, _ = uar_war(labels["val"], logits.argmax(1))
         nll = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels["val"])).item()
         # The Trainer selects on 'macro_f1' (logged as its `metric`): here val UAR, ties broken by
@@ -347,12 +348,14 @@ def train_fold(cfg, clips, split: dict, streams, fold: int, run: Path, d, seen_v
     loader = DataLoader(datasets["train"], batch_size=cfg.batch_size, sampler=sampler, collate_fn=keep_batch)
     # The summed loss of the fused head and each stream's own head (TemporalModel in training).
     heads = SimpleNamespace(**asdict(cfg), loss_weights=[1.0] * (1 + len(streams)))
-    fit = Trainer(model, heads, run, d, precision, step, evaluate, weights, metric="UAR").fit(loader, sampler)
+    plan = Plan("clips", len(sampler) * d.world_size, cfg.batch_size * d.world_size, cfg.epochs, len(val),
+                dict(val=len(val), test=len(test)), note=f"fold {fold}")
+    fit = Trainer(model, heads, run, d, precision, step, evaluate, weights, metric="UAR", plan=plan).fit(loader, sampler)
     load_weights(model, run / "best.pt")
     scores = dict(fold=fold, best_epoch=fit["best_epoch"], n_train=len(train), n_val=len(val), n_test=len(test),
                   val_clips_seen_by_generators=seen_val)
     for split in ("val", "test"):
-        logits = predict(model.to(d.device), datasets[split], cfg, d, precision)
+        logits = predict(model.to(d.device), datasets[split], cfg, d, precision, f"fold {fold} predict {split}")
         uar, war = uar_war(labels[split], logits.argmax(1)) if len(logits) else (0.0, 0.0)
         scores |= {f"{split}_uar": uar, f"{split}_war": war}
         if d.main:

@@ -24,9 +24,11 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
-from utils.console import log, track
+from utils.console import Progress, duration_text, log, rate_text, warn
 from utils.evaluation.metrics import macro_f1, per_class_f1
 from utils.runs import append_jsonl, save_torch
+from utils.training.curves import plot_curves
+from utils.training.plan import Clock, Plan, log_plan
 
 TORCH_FOR_PASCAL = "pip install torch torchvision torchaudio --index-url https://download.pytorch.org/whl/cu126"
 
@@ -123,10 +125,15 @@ class Rows:
     """Per-batch outputs written into arrays allocated once for all n rows (float32 unless
     `dtypes` says otherwise). Appending each batch's small arrays to lists fragments the heap:
     predicting 1.1 M fusion rows that way grew the process by 14 GB, because the holes left
-    between the arrays that outlive each batch are never handed back."""
+    between the arrays that outlive each batch are never handed back.
 
-    def __init__(self, n: int, **dtypes):
+    `progress` (a description, e.g. "predict val") shows the rows as they fill (utils.console.Progress:
+    a bar on a terminal, done/total, rate and ETA lines in a log), in `unit`; None is silent (the DDP
+    ranks other than 0). Every prediction loop fills a Rows, so every one of them reports."""
+
+    def __init__(self, n: int, progress: str | None = None, unit: str = "rows", **dtypes):
         self.n, self.dtypes, self.arrays, self.filled = n, dtypes, {}, 0
+        self.bar = Progress(n, progress, unit) if progress else None
 
     def add(self, **batch: torch.Tensor) -> None:
         size = 0
@@ -137,9 +144,15 @@ class Rows:
             self.arrays[key][self.filled:self.filled + len(value)] = value
             size = len(value)
         self.filled += size
+        if self.bar is not None:
+            self.bar.advance(size)
+            if self.filled >= self.n:
+                self.bar.close()
 
     def get(self, key: str, *shape) -> np.ndarray:
         """The filled array; `shape` (per row) for an empty prediction, which saw no batch."""
+        if self.bar is not None:
+            self.bar.close()
         if self.filled != self.n:
             raise RuntimeError(f"{self.filled} of {self.n} rows predicted")
         return self.arrays.get(key, np.zeros((0, *shape), self.dtypes.get(key, np.float32)))
@@ -151,10 +164,15 @@ def shard(n: int, d: Dist) -> np.ndarray:
 
 class Trainer:
     """Fits `model` with `cfg` (epochs, lr, weight_decay, warmup_epochs, accum_steps, ema,
-    ema_decay, patience, label_smoothing, grad_checkpointing) and writes into `run`."""
+    ema_decay, patience, label_smoothing, grad_checkpointing) and writes into `run`, curves.png
+    included (rewritten every epoch). A `plan` (utils.training.plan) is printed before the first
+    step, and the whole run's ETA after the first minute and on every epoch line."""
+
+    ETA_AFTER = 60.0   # seconds of training before the first whole-run ETA
 
     def __init__(self, model, cfg, run: Path, d: Dist, precision: str, step_fn, evaluate_fn,
-                 class_weights: torch.Tensor | None = None, metric: str = "macro-F1"):
+                 class_weights: torch.Tensor | None = None, metric: str = "macro-F1", plan: Plan | None = None):
+        self.plan = plan
         # evaluate_fn's 'macro_f1' is the selection score; `metric` names it in the log (DFEW: UAR).
         self.cfg, self.run, self.d, self.precision, self.metric = cfg, Path(run), d, precision, metric
         self.model = model.to(d.device)
@@ -237,15 +255,19 @@ class Trainer:
         cfg, d = self.cfg, self.d
         scheduler = self._scheduler(len(loader))
         self._resume()
+        clock = Clock(self.plan) if self.plan is not None and d.main else None
+        if clock is not None:
+            log_plan(self.plan, self.start_epoch)
+        fit_start, eta_shown = time.perf_counter(), clock is None
         for epoch in range(self.start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
             loader.dataset.set_epoch(epoch)
             self.net.train()
             start, seen, total_loss, replaced = time.perf_counter(), 0, 0.0, 0
             self.optimizer.zero_grad(set_to_none=True)
-            batches = (track(loader, description=f"epoch {epoch}", unit="img", scale=loader.batch_size * d.world_size)
-                       if d.main else loader)
-            for step, batch in enumerate(batches):
+            unit = self.plan.unit if self.plan else "img"
+            bar = Progress(len(sampler) * d.world_size, f"epoch {epoch}", unit, show=d.main)
+            for step, batch in enumerate(loader):
                 last_micro = (step + 1) % cfg.accum_steps == 0 or step + 1 == len(loader)
                 sync = contextlib.nullcontext() if last_micro or d.world_size == 1 else self.net.no_sync()
                 with sync, autocast(d.device, self.precision):
@@ -265,10 +287,21 @@ class Trainer:
                     if self.ema is not None:
                         self.ema.update(self.model, step=self.updates)
                 seen += n
+                bar.advance(n * d.world_size)
                 replaced += bad
                 total_loss += loss.item() * n
+                if not eta_shown and time.perf_counter() - fit_start >= self.ETA_AFTER:
+                    eta_shown = True
+                    left, how = clock.eta(epoch, seen * d.world_size, False, seen * d.world_size,
+                                          time.perf_counter() - start)
+                    log(f"ETA of the whole run: {duration_text(left)} ({how})")
+            bar.close()
             seconds = time.perf_counter() - start
+            val_start = time.perf_counter()
             val = self.evaluate_fn(self.eval_model)
+            if clock is not None:
+                clock.trained(seen * d.world_size, seconds)
+                clock.validated(time.perf_counter() - val_start)
             improved = val["macro_f1"] > self.best
             if improved:
                 self.best, self.best_epoch, self.bad_epochs = val["macro_f1"], epoch, 0
@@ -284,8 +317,12 @@ class Trainer:
                                                           val_macro_f1=val["macro_f1"]))
                 save_torch(self.run / "last.pt", self._state(epoch))
                 append_jsonl(self.run / "log.jsonl", record)
+                self._curves()
+                eta = ""
+                if clock is not None:
+                    eta = f"  run ETA {duration_text(clock.eta(epoch + 1, 0, False)[0])}"
                 log(f"epoch {epoch}: loss {record['train_loss']:.4f}  val {self.metric} {val['macro_f1']:.4f}"
-                    f"{' (best)' if improved else ''}  {record['images_per_s']:.0f} img/s  {seconds:.0f}s")
+                    f"{' (best)' if improved else ''}  {rate_text(record['images_per_s'])} {unit}/s  {seconds:.0f}s{eta}")
             if d.world_size > 1:
                 dist.barrier()
             if cfg.patience and self.bad_epochs >= cfg.patience:
@@ -293,6 +330,12 @@ class Trainer:
                     log(f"early stop: no gain for {cfg.patience} epochs (best epoch {self.best_epoch})")
                 break
         return dict(best_epoch=self.best_epoch, best_val_macro_f1=self.best)
+
+    def _curves(self) -> None:
+        try:
+            plot_curves(self.run)
+        except (OSError, ValueError, RuntimeError) as err:   # a missing plot must not stop a run
+            warn(f"{self.run / 'curves.png'} not written: {err}")
 
 
 def score(labels: np.ndarray, logits: np.ndarray) -> dict:
