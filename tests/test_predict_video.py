@@ -1,0 +1,76 @@
+"""predict_video.py: runs rebuilt from their folders predict what they predicted in training, the
+ensemble is applied as make_submission.py applies it, and a real video gets its CSV, txt and PNG."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ensemble
+import predict_video
+from utils.classes import EXPR_CLASSES, EXPR_HEADER
+from utils.evaluation.ensemble import Member, apply_spec, load_members, softmax
+from utils.evaluation.preds import load_preds, order_by_key
+from utils.evaluation.video import Runner, member_probs
+from utils.files import DataError
+from utils.runs import read_json
+from utils.training.data import load_frames, load_videos
+from utils.training.engine import setup_distributed
+
+
+@pytest.fixture(scope="module")
+def demo_ensemble(fusion_run, image_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ens")
+    return ensemble.main(["--runs", f"{fusion_run}:logits_fusion", f"{fusion_run}:logits_audio", str(image_run),
+                          "--name", "pv", "--out-dir", str(out)])
+
+
+def test_rebuilt_runs_and_the_ensemble_match_the_training_outputs(demo_data, image_run, audio_run, fusion_run,
+                                                                   demo_ensemble):
+    frames = load_frames(demo_data, ("val",))
+    frames = frames.iloc[order_by_key(frames.txtid.to_numpy().astype(str), frames.frame.to_numpy())]
+    frames = frames.reset_index(drop=True)
+    runner = Runner(demo_data, frames, load_videos(demo_data, frames), setup_distributed("cpu"), "fp32")
+    for run, key in ((image_run, "logits"), (audio_run, "logits"), (fusion_run, "logits_fusion")):
+        saved = load_preds(run / "preds" / "val.npz", keys=[key])
+        assert np.array_equal(saved["frame"], frames.frame.to_numpy())
+        np.testing.assert_allclose(runner(run)[key], saved[key], atol=2e-4, rtol=1e-3)
+    spec = read_json(demo_ensemble / "ensemble.json")
+    members = [Member(m["name"], m["runs"], m["head"]) for m in spec["members"]]
+    probs_saved, ref = load_members(members, "val")
+    ours = apply_spec(member_probs(runner, members, softmax), frames.txtid.to_numpy(), spec)
+    theirs = apply_spec(probs_saved, ref["txtid"], spec)   # what make_submission.py writes
+    assert (ours == theirs).mean() > 0.999
+
+
+def test_a_real_video_gets_its_csv_txt_and_timeline(real_clips, demo_ensemble, tmp_path, capsys):
+    clip = real_clips / "1001_DFA_SAD_XX.flv"
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    out = tmp_path / "pred"
+    predict_video.main([str(clip), str(bad), "--ensemble", str(demo_ensemble), "--out", str(out)])
+    assert "broken.mp4: unreadable" in capsys.readouterr().err
+    csv = pd.read_csv(out / f"{clip.stem}.csv")
+    assert list(csv.columns) == ["frame", "time", "has_face", *EXPR_CLASSES, "label", "label_name"]
+    assert csv.frame.tolist() == list(range(1, len(csv) + 1)) and len(csv) >= 55
+    assert csv.has_face.mean() >= 0.95 and np.allclose(csv[list(EXPR_CLASSES)].sum(axis=1), 1, atol=1e-3)
+    assert np.allclose(np.diff(csv.time), 1 / 29.97, atol=2e-3)
+    spec = read_json(demo_ensemble / "ensemble.json")
+    scores = np.log(np.maximum(csv[list(EXPR_CLASSES)].to_numpy(), 1e-6)) + np.asarray(spec.get("bias") or 0.0)
+    assert (scores.argmax(1) == csv.label).mean() > 0.98   # rounding to 5 decimals aside
+    lines = (out / "per_video" / f"{clip.stem}.txt").read_text().splitlines()
+    assert lines[0] == EXPR_HEADER and [int(v) for v in lines[1:]] == csv.label.tolist()
+    png = out / f"{clip.stem}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < png.stat().st_size < 300_000
+    assert not (out / "broken.csv").exists()
+
+
+def test_dfew_runs_and_missing_inputs_are_refused(tmp_path):
+    run = tmp_path / "runs" / "image" / "x_seed0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text('{"config": {"dataset": "dfew", "model": "resnet18"}}')
+    (run / "best.pt").write_bytes(b"")
+    with pytest.raises(DataError, match="predicts clips"):
+        Runner(tmp_path, pd.DataFrame(), pd.DataFrame(), None, "fp32")(run)
+    with pytest.raises(DataError, match="exactly one of"):
+        predict_video.main(["video.mp4", "--out", str(tmp_path)])
