@@ -22,7 +22,7 @@ from utils.models.backbones import create_model, load_weights, normalisation
 from utils.models.fusion import HEADS, ModalFusionModule, TokenDataset, context_rows
 from utils.readers.affwild2 import list_crops, txtid_frames
 from utils.readers.audio import AudioPipe, ensure_spectrograms, frame_windows, load_bank, spec_folder
-from utils.readers.media import prepare_media
+from utils.readers.media import locate, prepare_media
 from utils.runs import read_json, save_parquet, write_json
 from utils.training.engine import InputPipe
 
@@ -56,7 +56,7 @@ def video_tables(videos: list[tuple[str, Path, int]], crops: Path, out: Path, sa
     save_parquet(out / "frames.parquet", frames)
     save_parquet(out / "videos.parquet", table)
     write_json(out / "meta.json", dict(dataset="videos", sample_rate=sample_rate, template=None, release_list=None))
-    return frames, table
+    return frames, locate(table, out)   # the paths of the files it names, wherever the caller runs
 
 
 def run_kind(config: dict) -> str:
