@@ -139,3 +139,16 @@ def test_encoder_path_runs_end_to_end_on_real_speech(real_speech, tmp_path):
     videos = pd.read_parquet(data / "videos.parquet")
     for videoid, n in zip(videos["videoid"], videos["audio_samples"]):
         assert len(np.load(data / "speech" / "tiny_random_layer1" / f"{videoid}.npy")) == n // 320 + 1
+
+
+def test_pretrained_path_loads_a_base_encoder_saved_from_its_bundle(tmp_path):
+    """The offline route for a real encoder: a state dict saved from the bundle's model
+    (torch.save(bundle.get_model().state_dict(), F)) loads into the same architecture."""
+    model, normalize = speech.architecture("wav2vec2_base")
+    assert not normalize
+    with torch.no_grad():
+        model.encoder.feature_projection.projection.bias.fill_(0.25)
+    torch.save(model.state_dict(), tmp_path / "w2v.pt")
+    enc = speech.build_encoder("wav2vec2_base", 0, str(tmp_path / "w2v.pt"))
+    assert enc.dim == 768 and enc.layer == 8
+    assert (enc.model.encoder.feature_projection.projection.bias == 0.25).all()

@@ -78,21 +78,27 @@ def default_layer(num_layers: int) -> int:
     return max(1, round(num_layers * 2 / 3))
 
 
+def architecture(backbone: str) -> tuple[torch.nn.Module, bool]:
+    """A bundle's model with random weights (its factory and parameters; nothing downloads) and
+    whether its input is layer-normalised."""
+    bundle = getattr(torchaudio.pipelines, ENCODERS[backbone])
+    factory = torchaudio.models.wavlm_model if bundle._model_type == "WavLM" else torchaudio.models.wav2vec2_model
+    return factory(**bundle._params), bool(bundle._normalize_waveform)
+
+
 def build_encoder(backbone: str, layer: int = 0, pretrained_path: str | None = None, seed: int = 0) -> Encoder:
     """The frozen encoder for a --backbone name. Weights: `pretrained_path` (a state dict saved from
     the bundle's model, bare or under 'model'), else the torchaudio hub download; 'tiny_random' is
     seeded random. layer 0 picks default_layer. DataError if the file does not fit the architecture."""
-    from torchaudio.models.wav2vec2 import utils as w2v_utils
     if backbone == "tiny_random":
         torch.manual_seed(seed)
         model, normalize = torchaudio.models.wav2vec2_model(**TINY), False
     elif backbone in ENCODERS:
-        bundle = getattr(torchaudio.pipelines, ENCODERS[backbone])
-        normalize = bool(bundle._normalize_waveform)
         if pretrained_path:
-            model = w2v_utils._get_model(bundle._model_type, bundle._params)
-        else:
-            model = bundle.get_model()
+            model, normalize = architecture(backbone)
+        else:   # downloads (torch.hub cache) on first use
+            bundle = getattr(torchaudio.pipelines, ENCODERS[backbone])
+            model, normalize = bundle.get_model(), bool(bundle._normalize_waveform)
             model = getattr(model, "model", model)   # the large ones come wrapped with their input norm
     else:
         raise ValueError(f"unknown speech encoder {backbone!r}; one of {SPEECH_BACKBONES}")
