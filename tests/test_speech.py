@@ -152,3 +152,28 @@ def test_pretrained_path_loads_a_base_encoder_saved_from_its_bundle(tmp_path):
     enc = speech.build_encoder("wav2vec2_base", 0, str(tmp_path / "w2v.pt"))
     assert enc.dim == 768 and enc.layer == 8
     assert (enc.model.encoder.feature_projection.projection.bias == 0.25).all()
+
+
+def test_dfew_per_frame_speech_features_and_reduction(tmp_path):
+    import extract_features
+    from utils.readers.dfew import prepare_dfew
+    from utils.synthetic.dfew import make_dfew
+    make_dfew(tmp_path / "raw", seed=3, n_clips=30, size=16, jobs=1)
+    prepare_dfew(tmp_path / "raw", tmp_path / "data", jobs=1)
+    frames = pd.read_parquet(tmp_path / "data" / "frames.parquet")
+    clips = pd.read_parquet(tmp_path / "data" / "clips.parquet").set_index("clip")
+
+    def extract(*argv):
+        run = extract_features.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
+                                     "--modality", "audio", "--speech-encoder", "tiny_random", *argv])
+        with np.load(run / "features.npz", allow_pickle=False) as f:
+            return run, {k: f[k] for k in f.files}
+    run, full = extract()
+    assert run.name == "speech-tiny_random" and full["features"].shape == (len(frames), 32)
+    np.testing.assert_array_equal(full["mask"], clips.loc[full["txtid"], "has_audio"].to_numpy())
+    assert not full["features"][~full["mask"]].any()
+    voiced = full["features"][full["mask"]].astype(np.float32)
+    assert np.isfinite(voiced).all() and len(np.unique(voiced[:, 0])) > len(clips)   # varies within a clip
+    run, small = extract("--reduce-dim", "8")
+    assert run.name == "speech-tiny_random-pca8" and small["features"].shape == (len(frames), 8)
+    assert not small["features"][~small["mask"]].any()
