@@ -60,8 +60,8 @@ import torchaudio
 from torch.utils.data import DataLoader, Dataset, Subset
 
 
-from utils.readers.audio import (AudioPipe, WindowDataset, frame_start_seconds, load_frame_times, log_mel, stack_bank,
-                         window_columns, window_columns_timed)
+from utils.readers.audio import (AudioPipe, WindowDataset, centre_per_video, frame_start_seconds, load_frame_times,
+                                 log_mel, stack_bank, window_columns, window_columns_timed)
 from utils.classes import NUM_DFEW_CLASSES, NUM_EXPR_CLASSES
 from utils.config import parse_config
 from utils.readers import speech
@@ -283,6 +283,9 @@ def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnin
     if not (run / "best.pt").is_file() or not (run / "config.json").is_file():
         raise DataError(f"{run}: not an audio-branch run (needs best.pt and config.json from train_audio.py)")
     saved = read_json(run / "config.json")["config"]
+    if saved.get("backbone", "logmel") != "logmel":
+        raise DataError(f"{run}: a {saved['backbone']} run (speech-encoder head); --audio-run takes log-mel runs, "
+                        f"use --speech-encoder {saved['backbone']} for that encoder's features")
     rate = int(read_json(Path(cfg.data) / "meta.json")["sample_rate"])
     info = clips.set_index("clip").loc[frames["clip"].unique()]
     lengths, hop_seconds = saved["window_frames"], saved["hop"] / rate
@@ -301,6 +304,8 @@ def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnin
             starts[rows, j], widths[rows, j] = (window_columns_timed(frame, times, fps, n, hop_seconds)
                                                 if times is not None else window_columns(frame, fps, n, hop_seconds))
     bank, offset, n_columns = stack_bank(parts, saved["n_mels"])
+    if saved.get("video_centre_db") is not None:   # the run normalised each video's level (--norm-per-video)
+        bank = centre_per_video(bank, offset, n_columns, saved["video_centre_db"])
     clip_of = pd.Series(np.arange(len(info)), index=info.index).reindex(frames["clip"]).to_numpy()
     windows = WindowDataset(bank, offset, n_columns, np.repeat(clip_of, len(lengths)), starts.reshape(-1),
                             widths.reshape(-1), np.zeros(len(frames) * len(lengths)))

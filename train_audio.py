@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from utils.readers.audio import (AudioPipe, WindowDataset, bank_stats, ensure_spectrograms, frame_windows, load_bank,
-                         pure_windows, spec_folder)
+from utils.readers.audio import (AudioPipe, WindowDataset, bank_stats, centre_per_video, ensure_spectrograms,
+                                 frame_windows, load_bank, per_video_centre, pure_windows, spec_folder)
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import cli, log, table
@@ -59,6 +59,8 @@ class AudioConfig:
     n_fft: int = 2048
     hop: int = field(default=1024, metadata={"help": "spectrogram hop in samples (64 ms at 16 kHz)"})
     n_mels: int = 128
+    norm_per_video: bool = field(default=False, metadata={"help": "logmel: give every video the same per-mel mean "
+                                                                  "(speaker / microphone colour removed)"})
     window_frames: list[int] = field(default_factory=lambda: [32, 48, 64],
                                      metadata={"help": "window lengths in video frames, centred on the frame"})
     purity: list[float] = field(default_factory=lambda: [0.8, 0.65, 0.5],
@@ -156,11 +158,15 @@ def main(argv=None):
         bank, offset, n_columns = load_bank(folder, videos["videoid"], videos["has_audio"])
         video, start, width = frame_windows(frames, videos, cfg.window_frames, hop_seconds)
         train_videos = np.unique(video[(frames.split == "train").to_numpy()])
+        centre = per_video_centre(bank, offset, n_columns, train_videos) if cfg.norm_per_video else None
+        if centre is not None:
+            bank = centre_per_video(bank, offset, n_columns, centre)
         mean, std = bank_stats(bank, offset, n_columns, train_videos)   # train audio only: no peeking at val/test
         model = create_model(cfg.model, len(EXPR_CLASSES), cfg.pretrained and not cfg.predict_only,
                              cfg.pretrained_path, cfg.img_size, in_chans=1, drop_path=cfg.drop_path)
         pipe = AudioPipe(cfg.img_size, mean, std, d.device, cfg.freq_mask, cfg.time_mask)
-        inputs = dict(spec_mean_db=mean, spec_std_db=std, spectrograms=str(folder))
+        inputs = dict(spec_mean_db=mean, spec_std_db=std, spectrograms=str(folder),
+                      video_centre_db=None if centre is None else centre.tolist())
     predict_args = dict(batch_size=cfg.batch_size * 2, stride=cfg.predict_stride, workers=cfg.workers)
     if d.main:
         run.mkdir(parents=True, exist_ok=True)

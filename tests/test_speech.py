@@ -177,3 +177,20 @@ def test_dfew_per_frame_speech_features_and_reduction(tmp_path):
     run, small = extract("--reduce-dim", "8")
     assert run.name == "speech-tiny_random-pca8" and small["features"].shape == (len(frames), 8)
     assert not small["features"][~small["mask"]].any()
+
+
+def test_norm_per_video_gives_every_video_the_train_centre():
+    from utils.readers.audio import FLOOR_DB, centre_per_video, per_video_centre, stack_bank
+    rng = np.random.default_rng(0)
+    parts = [(rng.normal(-40 + 10 * k, 5, (50 + k, 4)) + np.arange(4) * k).astype(np.float16) for k in range(3)]
+    bank, offset, n = stack_bank(parts + [np.zeros((0, 4), np.float16)], 4)
+    centre = per_video_centre(bank, offset, n, [0, 1])   # train videos only
+    np.testing.assert_allclose(centre, (parts[0].astype(np.float32).mean(0) + parts[1].astype(np.float32).mean(0)) / 2,
+                               atol=1e-3)
+    out = centre_per_video(bank, offset, n, centre)
+    for k in range(3):
+        np.testing.assert_allclose(out[offset[k]:offset[k] + n[k]].astype(np.float32).mean(0), centre, atol=0.05)
+        # within a video nothing but the level moves
+        np.testing.assert_allclose(np.diff(out[offset[k]:offset[k] + n[k]].astype(np.float32), axis=0),
+                                   np.diff(parts[k].astype(np.float32), axis=0), atol=0.1)
+    assert (out[-1] == FLOOR_DB).all()
