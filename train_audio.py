@@ -104,14 +104,14 @@ def loader_for(dataset, cfg, sampler=None, batch_size=None):
 def speech_inputs(cfg, d, frames, videos):
     """The speech-encoder path's (bank, offset, n_rows, video, start, width, head, pipe, config
     extras): the cache is filled once (rank 0), normalised with train-only per-dimension statistics."""
-    encoder = speech.build_encoder(cfg.backbone, cfg.speech_layer, cfg.pretrained_path, cfg.seed)
-    folder = speech.cache_folder(cfg.data, cfg.backbone, encoder.layer)
-    if d.main:
+    folder = speech.cache_folder(cfg.data, cfg.backbone, speech.resolve_layer(cfg.backbone, cfg.speech_layer))
+    if d.main and (speech.missing_cache(folder, videos) or not (folder / "speech.json").exists()):   # a complete cache needs no encoder (nor its weights)
+        encoder = speech.build_encoder(cfg.backbone, cfg.speech_layer, cfg.pretrained_path, cfg.seed)
         speech.ensure_speech_cache(cfg.data, videos, encoder, cfg.backbone, cfg.speech_chunk, device=d.device,
                                    source=cfg.pretrained_path or ("random" if cfg.backbone == "tiny_random" else "hub"))
+        del encoder
     if d.world_size > 1:
         torch.distributed.barrier()
-    del encoder
     bank, offset, n_rows = speech.load_speech_bank(folder, videos["videoid"], videos["has_audio"])
     video, start, width = frame_windows(frames, videos, cfg.window_frames, speech.HOP_SECONDS)
     train_videos = np.unique(video[(frames.split == "train").to_numpy()])

@@ -105,7 +105,7 @@ SPEECH_RUN = ["--backbone", "tiny_random", "--head-width", "16", "--epochs", "1"
               "--batch-size", "32", "--lr", "1e-3", "--workers", "0", "--patience", "0", "--predict-stride", "8"]
 
 
-def test_speech_preds_feed_the_fusion(demo_data, image_run, tmp_path):
+def test_speech_preds_feed_the_fusion(demo_data, image_run, tmp_path, monkeypatch):
     import train_fusion
     run = train_audio.main(["--data", str(demo_data), "--runs", str(tmp_path), *SPEECH_RUN])
     cache = json.loads((demo_data / "speech" / "tiny_random_layer1" / "speech.json").read_text())
@@ -115,6 +115,12 @@ def test_speech_preds_feed_the_fusion(demo_data, image_run, tmp_path):
     fusion = train_fusion.main(["--preset", "demo", "--epochs", "1", "--image", str(image_run), "--audio", str(run),
                                 "--data", str(demo_data), "--runs", str(tmp_path)])
     assert (fusion / "metrics.json").exists()
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the cache is complete: the encoder must not be built again")
+    monkeypatch.setattr(speech, "build_encoder", no_encoder)   # another seed only trains the head
+    again = train_audio.main(["--data", str(demo_data), "--runs", str(tmp_path), *SPEECH_RUN, "--seed", "1"])
+    assert (again / "preds" / "val.npz").exists()
 
 
 def test_encoder_path_runs_end_to_end_on_real_speech(real_speech, tmp_path):

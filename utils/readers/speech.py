@@ -114,6 +114,19 @@ def build_encoder(backbone: str, layer: int = 0, pretrained_path: str | None = N
     return Encoder(model, layer or default_layer(n_layers), normalize)
 
 
+def resolve_layer(backbone: str, layer: int = 0) -> int:
+    """The layer a --backbone / --speech-layer pair caches (0: default_layer), without building it."""
+    if backbone == "tiny_random":
+        n = TINY["encoder_num_layers"]
+    elif backbone in ENCODERS:
+        n = getattr(torchaudio.pipelines, ENCODERS[backbone])._params["encoder_num_layers"]
+    else:
+        raise ValueError(f"unknown speech encoder {backbone!r}; one of {SPEECH_BACKBONES}")
+    if not 0 <= layer <= n:
+        raise ValueError(f"--speech-layer {layer}: {backbone} has layers 1..{n}")
+    return layer or default_layer(n)
+
+
 def n_rows(n_samples: int) -> int:
     return n_samples // STRIDE + 1
 
@@ -142,18 +155,26 @@ def cache_folder(data_dir, backbone: str, layer: int) -> Path:
     return Path(data_dir) / "speech" / f"{backbone}_layer{layer}"
 
 
+def missing_cache(folder: Path, videos) -> list[tuple[str, str, Path]]:
+    """(videoid, audio path, cache file) of every video with sound whose cache file is missing or
+    older than its decoded audio (each file is written whole: an interrupted run resumes)."""
+    todo = []
+    for videoid, audio, path in zip(videos["videoid"], videos["has_audio"], videos["audio_path"]):
+        target = folder / f"{videoid}.npy"
+        if audio and (not target.exists() or target.stat().st_mtime < Path(path).stat().st_mtime):
+            todo.append((videoid, path, target))
+    return todo
+
+
 def ensure_speech_cache(data_dir, videos, encoder: Encoder, backbone: str, chunk_seconds: float = 30.0,
                         context_seconds: float = 5.0, device="cpu", source: str = "") -> Path:
     """Encode every video with sound that has no up-to-date cache file: data/speech/<backbone>_layer<k>/
-    <videoid>.npy (rows, D) float16 and speech.json (hop_seconds 0.02, dim, layer, weights' source).
-    `videos` is videos.parquet's table (videoid, has_audio, audio_path). DataError on an unreadable track."""
+    <videoid>.npy (rows, D) float16 and speech.json (hop_seconds 0.02, dim, layer, weights' source),
+    written last. `videos` is videos.parquet's table (videoid, has_audio, audio_path). DataError on
+    an unreadable track."""
     out = cache_folder(data_dir, backbone, encoder.layer)
     out.mkdir(parents=True, exist_ok=True)
-    todo = []
-    for videoid, audio, path in zip(videos["videoid"], videos["has_audio"], videos["audio_path"]):
-        target = out / f"{videoid}.npy"
-        if audio and (not target.exists() or target.stat().st_mtime < Path(path).stat().st_mtime):
-            todo.append((videoid, path, target))
+    todo = missing_cache(out, videos)
     encoder.to(device)
     for videoid, path, target in track(todo, total=len(todo), description=f"{backbone} layer {encoder.layer}",
                                        unit="videos"):
