@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from utils.config import ConfigError
 from utils.console import track
 from utils.files import DataError
 from utils.runs import read_json, write_json
@@ -123,7 +124,7 @@ def resolve_layer(backbone: str, layer: int = 0) -> int:
     else:
         raise ValueError(f"unknown speech encoder {backbone!r}; one of {SPEECH_BACKBONES}")
     if not 0 <= layer <= n:
-        raise ValueError(f"--speech-layer {layer}: {backbone} has layers 1..{n}")
+        raise ConfigError(f"--speech-layer {layer}: {backbone} has layers 1..{n}")
     return layer or default_layer(n)
 
 
