@@ -374,6 +374,9 @@ def default_name(cfg) -> str:
 
 def main(argv=None) -> Path:
     cfg = with_checkpoint_settings(parse_config(FeatureConfig, argv, description=__doc__.split("\n")[0]))
+    if cfg.speech_encoder and not 0 <= cfg.speech_layer <= speech.num_layers(cfg.speech_encoder):
+        raise SystemExit(f"error: --speech-layer {cfg.speech_layer}: {cfg.speech_encoder} has layers 1.."
+                         f"{speech.num_layers(cfg.speech_encoder)}")
     run = Path(cfg.runs) / "features" / default_name(cfg)
     if is_complete(run) and not cfg.overwrite:
         log(f"{run} is complete (metrics.json); --overwrite extracts again")

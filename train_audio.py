@@ -127,6 +127,9 @@ def main(argv=None):
     cfg = parse_config(AudioConfig, argv, description=__doc__.split("\n")[0], presets=PRESETS)
     if len(cfg.window_frames) != len(cfg.purity):
         raise SystemExit("error: --window-frames and --purity need one value per window length")
+    if cfg.backbone != "logmel" and not 0 <= cfg.speech_layer <= speech.num_layers(cfg.backbone):
+        raise SystemExit(f"error: --speech-layer {cfg.speech_layer}: {cfg.backbone} has layers 1.."
+                         f"{speech.num_layers(cfg.backbone)}")
     d = setup_distributed(cfg.device)
     run = run_dir(cfg.runs, "audio", cfg.name or (cfg.model if cfg.backbone == "logmel" else cfg.backbone), cfg.seed)
     if is_complete(run) and not (cfg.overwrite or cfg.predict_only):

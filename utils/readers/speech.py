@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from utils.config import ConfigError
 from utils.console import track
 from utils.files import DataError
 from utils.runs import read_json, write_json
@@ -115,16 +114,21 @@ def build_encoder(backbone: str, layer: int = 0, pretrained_path: str | None = N
     return Encoder(model, layer or default_layer(n_layers), normalize)
 
 
-def resolve_layer(backbone: str, layer: int = 0) -> int:
-    """The layer a --backbone / --speech-layer pair caches (0: default_layer), without building it."""
+def num_layers(backbone: str) -> int:
+    """How many transformer layers the --backbone has, without building it."""
     if backbone == "tiny_random":
-        n = TINY["encoder_num_layers"]
-    elif backbone in ENCODERS:
-        n = getattr(torchaudio.pipelines, ENCODERS[backbone])._params["encoder_num_layers"]
-    else:
-        raise ValueError(f"unknown speech encoder {backbone!r}; one of {SPEECH_BACKBONES}")
+        return TINY["encoder_num_layers"]
+    if backbone in ENCODERS:
+        return getattr(torchaudio.pipelines, ENCODERS[backbone])._params["encoder_num_layers"]
+    raise ValueError(f"unknown speech encoder {backbone!r}; one of {SPEECH_BACKBONES}")
+
+
+def resolve_layer(backbone: str, layer: int = 0) -> int:
+    """The layer a --backbone / --speech-layer pair caches (0: default_layer), without building it;
+    ValueError outside 1..num_layers."""
+    n = num_layers(backbone)
     if not 0 <= layer <= n:
-        raise ConfigError(f"--speech-layer {layer}: {backbone} has layers 1..{n}")
+        raise ValueError(f"--speech-layer {layer}: {backbone} has layers 1..{n}")
     return layer or default_layer(n)
 
 
