@@ -5,6 +5,7 @@ Usage: python extract_features.py --data data/dfew --modality image --model resn
        torchrun --nproc_per_node=4 extract_features.py --data data/dfew --model resnet18   (image, audio-branch: sharded)
        python extract_features.py --data data/dfew --modality keypoints --openpose openpose_out/
        python extract_features.py --data data/dfew --modality audio
+       python extract_features.py --data data/dfew --modality audio --speech-encoder wav2vec2_large --reduce-dim 128
        python extract_features.py --data data/dfew --modality extra --extra-dir omnivec/ --name omnivec
 
 Modalities (one run each, read by utils/models/temporal.py):
@@ -25,6 +26,11 @@ Modalities (one run each, read by utils/models/temporal.py):
              are spread evenly over its sound: frame k of n covers [k, k + 1) * duration / n,
              which equals k / fps when the frames are the whole clip, as in DFEW's clip_224x224.
              The audio branch costs three backbone passes a frame: use --frames eval.
+             With --speech-encoder (wav2vec2_base, hubert_base, wavlm_base_plus, wavlm_large, ...:
+             utils/readers/speech.py; weights from the torchaudio hub or --pretrained-path), the mean
+             of that frozen encoder's --speech-layer states (50 Hz) over each frame's time span;
+             --reduce-dim K keeps the first K principal components (PCA fitted on every extracted
+             frame, no labels used), as the DFEW seed paper reduces Wav2Vec2's 1024 to 128.
   extra      any external generator (e.g. OmniVec): --extra-dir DIR/<clip>.npy of shape
              (n_frames, D), one row per frame file in numeric order.
 A clip without the modality (no sound, no OpenPose folder, no extra file) gets zeros with
@@ -50,13 +56,15 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+import torchaudio
 from torch.utils.data import DataLoader, Dataset, Subset
 
 
-from utils.readers.audio import (AudioPipe, WindowDataset, frame_start_seconds, load_frame_times, log_mel, stack_bank,
-                         window_columns, window_columns_timed)
+from utils.readers.audio import (AudioPipe, WindowDataset, centre_per_video, frame_start_seconds, load_frame_times,
+                                 log_mel, stack_bank, window_columns, window_columns_timed)
 from utils.classes import NUM_DFEW_CLASSES, NUM_EXPR_CLASSES
 from utils.config import parse_config
+from utils.readers import speech
 from utils.console import WarningCounter, cli, log, table, track
 from utils.training.data import keep_batch
 from utils.readers.dfew import clip_id, read_tables, weights_split
@@ -81,7 +89,7 @@ class FeatureConfig:
                                                  "help": "every frame file (train-time jitter needs them) or the 16 eval frames"})
     model: str = field(default="resnet18", metadata={"help": "image: any timm model name"})
     pretrained: bool = field(default=True, metadata={"help": "image: ImageNet weights from the timm hub"})
-    pretrained_path: str | None = field(default=None, metadata={"help": "image: weights file, for offline use"})
+    pretrained_path: str | None = field(default=None, metadata={"help": "image or --speech-encoder: weights file, for offline use"})
     checkpoint: str | None = field(default=None, metadata={"help": "image: a train_image.py best.pt instead (its head is dropped)"})
     img_size: int = field(default=224, metadata={"help": "image: model input size"})
     crop_size: int = field(default=0, metadata={"help": "image: decode size, resized to img_size on the device "
@@ -94,6 +102,10 @@ class FeatureConfig:
     n_fft: int = field(default=512, metadata={"help": "audio: STFT size"})
     hop: int = field(default=160, metadata={"help": "audio: hop in samples (10 ms at 16 kHz)"})
     n_mels: int = field(default=64, metadata={"help": "audio: mel bins = feature width"})
+    speech_encoder: str = field(default="", metadata={"choices": ["", *speech.SPEECH_BACKBONES],
+                                                      "help": "audio: a speech encoder's states instead of log-mel"})
+    speech_layer: int = field(default=0, metadata={"help": "audio: the encoder's layer (0: two thirds up)"})
+    reduce_dim: int = field(default=0, metadata={"help": "audio: PCA to this width (0: keep the encoder's)"})
     audio_run: str = field(default="", metadata={"help": "audio: a train_audio.py run folder, to use its model instead"})
     extra_dir: str = field(default="", metadata={"help": "extra: folder of <clip>.npy, (n_frames, D) each"})
     overwrite: bool = field(default=False, metadata={"help": "extract again even if the run is complete"})
@@ -226,7 +238,11 @@ def start_seconds(position: np.ndarray, times: np.ndarray | None, fps: float) ->
 
 def audio_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> tuple[np.ndarray, np.ndarray]:
     rate = int(read_json(Path(cfg.data) / "meta.json")["sample_rate"])
-    feats = np.zeros((len(frames), cfg.n_mels), np.float16)
+    encoder = (speech.build_encoder(cfg.speech_encoder, cfg.speech_layer, cfg.pretrained_path)
+               if cfg.speech_encoder else None)
+    width = encoder.dim if encoder else cfg.n_mels
+    hop_seconds = speech.HOP_SECONDS if encoder else cfg.hop / rate
+    feats = np.zeros((len(frames), width), np.float32)
     mask = np.zeros(len(frames), bool)
     info = clips.set_index("clip")
     for clip, rows in track(frames.groupby("clip", sort=False).indices.items(), description="audio features",
@@ -235,18 +251,30 @@ def audio_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> 
         samples = clip_sound(row, rate, warnings)
         if samples is None:
             continue
-        spec = log_mel(samples, rate, cfg.n_fft, cfg.hop, cfg.n_mels).astype(np.float32)
-        # Column j is centred at j * hop / rate seconds; frame k takes the columns in its span.
+        if encoder is not None:   # (D, rows) like a spectrogram, row j centred at j * 0.02 s
+            if rate != speech.SAMPLE_RATE:
+                samples = torchaudio.functional.resample(torch.from_numpy(samples), rate, speech.SAMPLE_RATE).numpy()
+            spec = speech.encode(encoder, samples).T.astype(np.float32)
+        else:
+            spec = log_mel(samples, rate, cfg.n_fft, cfg.hop, cfg.n_mels).astype(np.float32)
+        # Column j is centred at j * hop_seconds; frame k takes the columns in its span.
         position = frames["frame"].to_numpy()[rows]
         times, fps = clip_clock(row, rate)
         begin, end = start_seconds(position, times, fps), start_seconds(position + 1, times, fps)
-        lo = np.ceil(begin * rate / cfg.hop).astype(int)
-        hi = np.maximum(lo + 1, np.ceil(end * rate / cfg.hop).astype(int))
+        lo = np.ceil(begin / hop_seconds - 1e-6).astype(int)
+        hi = np.maximum(lo + 1, np.ceil(end / hop_seconds - 1e-6).astype(int))
         lo, hi = np.minimum(lo, spec.shape[1] - 1), np.minimum(hi, spec.shape[1])
-        cumulative = np.concatenate([np.zeros((cfg.n_mels, 1)), np.cumsum(spec, 1)], 1)
+        cumulative = np.concatenate([np.zeros((width, 1)), np.cumsum(spec, 1)], 1)
         feats[rows] = ((cumulative[:, hi] - cumulative[:, lo]) / np.maximum(hi - lo, 1)).T
         mask[rows] = True
-    return feats, mask
+    if cfg.reduce_dim and cfg.reduce_dim < width:
+        if mask.sum() < cfg.reduce_dim:
+            raise DataError(f"{cfg.data}: {mask.sum()} frames with sound, fewer than --reduce-dim {cfg.reduce_dim}")
+        from sklearn.decomposition import PCA
+        reduced = np.zeros((len(frames), cfg.reduce_dim), np.float32)
+        reduced[mask] = PCA(cfg.reduce_dim, random_state=0).fit_transform(feats[mask])
+        feats = reduced
+    return feats.astype(np.float16), mask
 
 
 @torch.no_grad()
@@ -255,6 +283,9 @@ def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnin
     if not (run / "best.pt").is_file() or not (run / "config.json").is_file():
         raise DataError(f"{run}: not an audio-branch run (needs best.pt and config.json from train_audio.py)")
     saved = read_json(run / "config.json")["config"]
+    if saved.get("backbone", "logmel") != "logmel":
+        raise DataError(f"{run}: a {saved['backbone']} run (speech-encoder head); --audio-run takes log-mel runs, "
+                        f"use --speech-encoder {saved['backbone']} for that encoder's features")
     rate = int(read_json(Path(cfg.data) / "meta.json")["sample_rate"])
     info = clips.set_index("clip").loc[frames["clip"].unique()]
     lengths, hop_seconds = saved["window_frames"], saved["hop"] / rate
@@ -273,6 +304,8 @@ def audio_branch_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnin
             starts[rows, j], widths[rows, j] = (window_columns_timed(frame, times, fps, n, hop_seconds)
                                                 if times is not None else window_columns(frame, fps, n, hop_seconds))
     bank, offset, n_columns = stack_bank(parts, saved["n_mels"])
+    if saved.get("video_centre_db") is not None:   # the run normalised each video's level (--norm-per-video)
+        bank = centre_per_video(bank, offset, n_columns, saved["video_centre_db"])
     clip_of = pd.Series(np.arange(len(info)), index=info.index).reindex(frames["clip"]).to_numpy()
     windows = WindowDataset(bank, offset, n_columns, np.repeat(clip_of, len(lengths)), starts.reshape(-1),
                             widths.reshape(-1), np.zeros(len(frames) * len(lengths)))
@@ -331,7 +364,9 @@ def extra_features(cfg, frames: pd.DataFrame, clips: pd.DataFrame, warnings) -> 
 
 
 def default_name(cfg) -> str:
-    audio = f"audio-{Path(cfg.audio_run.rstrip('/')).name}" if cfg.audio_run else "logmel"
+    audio = (f"audio-{Path(cfg.audio_run.rstrip('/')).name}" if cfg.audio_run else
+             f"speech-{cfg.speech_encoder}" + (f"-layer{cfg.speech_layer}" if cfg.speech_layer else "")
+             + (f"-pca{cfg.reduce_dim}" if cfg.reduce_dim else "") if cfg.speech_encoder else "logmel")
     image = f"image-{Path(cfg.checkpoint).parent.name}" if cfg.checkpoint else cfg.model
     return cfg.name or {"image": image, "keypoints": "openpose", "audio": audio,
                         "extra": Path(cfg.extra_dir.rstrip("/")).name or "extra"}[cfg.modality]
@@ -339,6 +374,9 @@ def default_name(cfg) -> str:
 
 def main(argv=None) -> Path:
     cfg = with_checkpoint_settings(parse_config(FeatureConfig, argv, description=__doc__.split("\n")[0]))
+    if cfg.speech_encoder and not 0 <= cfg.speech_layer <= speech.num_layers(cfg.speech_encoder):
+        raise SystemExit(f"error: --speech-layer {cfg.speech_layer}: {cfg.speech_encoder} has layers 1.."
+                         f"{speech.num_layers(cfg.speech_encoder)}")
     run = Path(cfg.runs) / "features" / default_name(cfg)
     if is_complete(run) and not cfg.overwrite:
         log(f"{run} is complete (metrics.json); --overwrite extracts again")

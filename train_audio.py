@@ -1,6 +1,7 @@
 """Audio branch: a timm backbone (Swin-Tiny) on log-mel windows of three lengths around each frame.
 
 Usage: python train_audio.py --data data/affwild2 --seed 0 [--model swin_tiny_patch4_window7_224]
+       python train_audio.py --data data/affwild2 --seed 0 --backbone wavlm_base_plus [--pretrained-path F]
        torchrun --nproc_per_node=4 train_audio.py --data data/affwild2 --seed 0
 
 Each frame has three windows centred on it (32, 48 and 64 frames by default). Training keeps a
@@ -8,6 +9,12 @@ window only if enough of its frames share the centre frame's label (0.8 / 0.65 /
 draws a class-balanced subset of the kept windows each epoch. Writes runs/audio/<name>_seed<k>/
 like train_image.py; preds/<split>.npz holds `features` (N, 3, D), one per window, `logits` =
 the mean of the three windows' logits, and `has_audio` (False: the video has no sound).
+
+Audio features (--backbone): `logmel` (default) trains the timm --model on log-mel windows;
+a speech encoder (wav2vec2_base, hubert_base, wavlm_base_plus, wavlm_large, ... see
+utils/readers/speech.py) runs frozen once per video, its --speech-layer is cached float16 at 50 Hz
+in data/speech/, and a small head (utils/models/speech.py) learns from the mean and std of each
+window's cached rows. Weights download from the torchaudio hub, or --pretrained-path FILE offline.
 """
 from __future__ import annotations
 
@@ -17,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from utils.readers.audio import (AudioPipe, WindowDataset, bank_stats, ensure_spectrograms, frame_windows, load_bank,
-                         pure_windows, spec_folder)
+from utils.readers.audio import (AudioPipe, WindowDataset, bank_stats, centre_per_video, ensure_spectrograms,
+                                 frame_windows, load_bank, per_video_centre, pure_windows, spec_folder)
 from utils.classes import EXPR_CLASSES
 from utils.config import parse_config
 from utils.console import cli, log, table
@@ -26,6 +33,8 @@ from utils.training.data import ClassBalancedSampler, keep_batch, load_frames, l
 from utils.training.engine import Trainer, pick_precision, score, setup_distributed
 from utils.training.plan import Plan
 from utils.models.backbones import create_model, load_weights
+from utils.models.speech import SpeechHead
+from utils.readers import speech
 from utils.evaluation.inference import predict_windows, windows_to_predict
 from utils.evaluation.preds import save_preds, skip_split
 from utils.runs import is_complete, read_json, run_dir, save_config, seed_everything, write_json
@@ -37,13 +46,21 @@ class AudioConfig:
     runs: str = field(default="runs", metadata={"help": "root of the run folders"})
     name: str = field(default="", metadata={"help": "run name (default: the model name)"})
     seed: int = 0
-    model: str = field(default="swin_tiny_patch4_window7_224", metadata={"help": "any timm model name"})
+    backbone: str = field(default="logmel", metadata={"choices": ["logmel", *speech.SPEECH_BACKBONES],
+                                                      "help": "audio features: log-mel windows, or a speech encoder"})
+    speech_layer: int = field(default=0, metadata={"help": "speech encoder: transformer layer cached (0: 2/3 up)"})
+    speech_chunk: float = field(default=30.0, metadata={"help": "speech encoder: seconds per pass (+5 s context each side)"})
+    head_width: int = field(default=256, metadata={"help": "speech encoder: the head's feature width"})
+    row_drop: float = field(default=0.1, metadata={"help": "speech encoder: share of a window's rows dropped in training"})
+    model: str = field(default="swin_tiny_patch4_window7_224", metadata={"help": "logmel: any timm model name"})
     pretrained: bool = field(default=True, metadata={"help": "ImageNet weights from the timm hub (1-channel stem)"})
     pretrained_path: str | None = field(default=None, metadata={"help": "weights file, for offline use"})
     img_size: int = field(default=224, metadata={"help": "each window is stretched to img_size x img_size"})
     n_fft: int = 2048
     hop: int = field(default=1024, metadata={"help": "spectrogram hop in samples (64 ms at 16 kHz)"})
     n_mels: int = 128
+    norm_per_video: bool = field(default=False, metadata={"help": "logmel: give every video the same per-mel mean "
+                                                                  "(speaker / microphone colour removed)"})
     window_frames: list[int] = field(default_factory=lambda: [32, 48, 64],
                                      metadata={"help": "window lengths in video frames, centred on the frame"})
     purity: list[float] = field(default_factory=lambda: [0.8, 0.65, 0.5],
@@ -84,12 +101,37 @@ def loader_for(dataset, cfg, sampler=None, batch_size=None):
                       collate_fn=keep_batch, pin_memory=torch.cuda.is_available())
 
 
+def speech_inputs(cfg, d, frames, videos):
+    """The speech-encoder path's (bank, offset, n_rows, video, start, width, head, pipe, config
+    extras): the cache is filled once (rank 0), normalised with train-only per-dimension statistics."""
+    folder = speech.cache_folder(cfg.data, cfg.backbone, speech.resolve_layer(cfg.backbone, cfg.speech_layer))
+    # a complete cache needs no encoder (nor its weights): another seed only trains the head
+    if d.main and (speech.missing_cache(folder, videos) or not (folder / "speech.json").exists()):
+        encoder = speech.build_encoder(cfg.backbone, cfg.speech_layer, cfg.pretrained_path, cfg.seed)
+        speech.ensure_speech_cache(cfg.data, videos, encoder, cfg.backbone, cfg.speech_chunk, device=d.device,
+                                   source=cfg.pretrained_path or ("random" if cfg.backbone == "tiny_random" else "hub"))
+        del encoder
+    if d.world_size > 1:
+        torch.distributed.barrier()
+    bank, offset, n_rows = speech.load_speech_bank(folder, videos["videoid"], videos["has_audio"])
+    video, start, width = frame_windows(frames, videos, cfg.window_frames, speech.HOP_SECONDS)
+    train_videos = np.unique(video[(frames.split == "train").to_numpy()])
+    mean, std = speech.speech_stats(bank, offset, n_rows, train_videos)   # train audio only
+    head = SpeechHead(2 * bank.shape[1], len(EXPR_CLASSES), cfg.head_width)
+    pipe = speech.SpeechPipe(mean, std, d.device, cfg.row_drop)
+    layer = int(folder.name.rsplit("layer", 1)[1])
+    return bank, offset, n_rows, video, start, width, head, pipe, dict(speech_cache=str(folder), speech_layer=layer)
+
+
 def main(argv=None):
     cfg = parse_config(AudioConfig, argv, description=__doc__.split("\n")[0], presets=PRESETS)
     if len(cfg.window_frames) != len(cfg.purity):
         raise SystemExit("error: --window-frames and --purity need one value per window length")
+    if cfg.backbone != "logmel" and not 0 <= cfg.speech_layer <= speech.num_layers(cfg.backbone):
+        raise SystemExit(f"error: --speech-layer {cfg.speech_layer}: {cfg.backbone} has layers 1.."
+                         f"{speech.num_layers(cfg.backbone)}")
     d = setup_distributed(cfg.device)
-    run = run_dir(cfg.runs, "audio", cfg.name or cfg.model, cfg.seed)
+    run = run_dir(cfg.runs, "audio", cfg.name or (cfg.model if cfg.backbone == "logmel" else cfg.backbone), cfg.seed)
     if is_complete(run) and not (cfg.overwrite or cfg.predict_only):
         log(f"{run} is complete (metrics.json); --overwrite trains again, --predict-only re-predicts")
         return run
@@ -108,26 +150,34 @@ def main(argv=None):
              "no labelled train frame has sound; the audio branch has nothing to learn from")
     need(((frames.split == "val") & (frames.label >= 0)).any(), source,
          "no labelled val frame; the val split selects best.pt and scores the run")
-    if d.main:   # the other ranks wait rather than compute the same files
-        ensure_spectrograms(cfg.data, cfg.n_fft, cfg.hop, cfg.n_mels, jobs=cfg.jobs)
-    if d.world_size > 1:
-        torch.distributed.barrier()
-    folder = spec_folder(cfg.data, cfg.n_fft, cfg.hop, cfg.n_mels)
-    hop_seconds = read_json(folder / "spec.json")["hop_seconds"]
-    bank, offset, n_columns = load_bank(folder, videos["videoid"], videos["has_audio"])
-    video, start, width = frame_windows(frames, videos, cfg.window_frames, hop_seconds)
-    train_videos = np.unique(video[(frames.split == "train").to_numpy()])
-    mean, std = bank_stats(bank, offset, n_columns, train_videos)   # train audio only: no peeking at val/test
-    model = create_model(cfg.model, len(EXPR_CLASSES), cfg.pretrained and not cfg.predict_only,
-                         cfg.pretrained_path, cfg.img_size, in_chans=1, drop_path=cfg.drop_path)
-    pipe = AudioPipe(cfg.img_size, mean, std, d.device, cfg.freq_mask, cfg.time_mask)
+    if cfg.backbone != "logmel":
+        bank, offset, n_columns, video, start, width, model, pipe, inputs = speech_inputs(cfg, d, frames, videos)
+    else:
+        if d.main:   # the other ranks wait rather than compute the same files
+            ensure_spectrograms(cfg.data, cfg.n_fft, cfg.hop, cfg.n_mels, jobs=cfg.jobs)
+        if d.world_size > 1:
+            torch.distributed.barrier()
+        folder = spec_folder(cfg.data, cfg.n_fft, cfg.hop, cfg.n_mels)
+        hop_seconds = read_json(folder / "spec.json")["hop_seconds"]
+        bank, offset, n_columns = load_bank(folder, videos["videoid"], videos["has_audio"])
+        video, start, width = frame_windows(frames, videos, cfg.window_frames, hop_seconds)
+        train_videos = np.unique(video[(frames.split == "train").to_numpy()])
+        centre = per_video_centre(bank, offset, n_columns, train_videos) if cfg.norm_per_video else None
+        if centre is not None:
+            bank = centre_per_video(bank, offset, n_columns, centre)
+        mean, std = bank_stats(bank, offset, n_columns, train_videos)   # train audio only: no peeking at val/test
+        model = create_model(cfg.model, len(EXPR_CLASSES), cfg.pretrained and not cfg.predict_only,
+                             cfg.pretrained_path, cfg.img_size, in_chans=1, drop_path=cfg.drop_path)
+        pipe = AudioPipe(cfg.img_size, mean, std, d.device, cfg.freq_mask, cfg.time_mask)
+        inputs = dict(spec_mean_db=mean, spec_std_db=std, spectrograms=str(folder),
+                      video_centre_db=None if centre is None else centre.tolist())
     predict_args = dict(batch_size=cfg.batch_size * 2, stride=cfg.predict_stride, workers=cfg.workers)
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
-        save_config(run, asdict(cfg) | dict(precision=precision, world_size=d.world_size, spec_mean_db=mean,
-                                            spec_std_db=std, spectrograms=str(folder)))
-        log(f"{run}: {cfg.model} at {cfg.img_size}px on {cfg.n_mels}-mel windows of {cfg.window_frames} frames, "
-            f"{precision}, {d.world_size} x {d.device}")
+        save_config(run, asdict(cfg) | dict(precision=precision, world_size=d.world_size) | inputs)
+        what = (f"{cfg.model} at {cfg.img_size}px on {cfg.n_mels}-mel windows" if cfg.backbone == "logmel" else
+                f"a {cfg.head_width}-wide head on {cfg.backbone} layer {inputs['speech_layer']} states, windows")
+        log(f"{run}: {what} of {cfg.window_frames} frames, {precision}, {d.world_size} x {d.device}")
 
     def windows_of(mask):
         return bank, offset, n_columns, video[mask], start[mask], width[mask]

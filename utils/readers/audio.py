@@ -159,6 +159,26 @@ def bank_stats(bank: np.ndarray, offset, n_columns, videos_used) -> tuple[float,
     return float(mean), float(max(math.sqrt(max(total_sq / count - mean ** 2, 0.0)), 1e-3))
 
 
+def per_video_centre(bank: np.ndarray, offset, n_columns, videos_used) -> np.ndarray:
+    """The mean over `videos_used` (train) of each video's per-mel mean dB: (n_mels,) float32, the
+    level centre_per_video moves every video to."""
+    means = [bank[offset[i]:offset[i] + n_columns[i]].astype(np.float32).mean(0) for i in videos_used if n_columns[i]]
+    return np.mean(means, 0).astype(np.float32) if means else np.zeros(bank.shape[1], np.float32)
+
+
+def centre_per_video(bank: np.ndarray, offset, n_columns, centre) -> np.ndarray:
+    """A new bank where each video's spectrogram has its own per-mel mean (dB) replaced by `centre`
+    (per_video_centre): a speaker's or a microphone's constant spectral colour is removed, as
+    cepstral mean normalisation does; the floor row (silence past the ends) is left as it is."""
+    out = bank.copy()
+    centre = np.asarray(centre, np.float32)
+    for o, n in zip(offset, n_columns):
+        if n:
+            part = bank[o:o + n].astype(np.float32)
+            out[o:o + n] = (part - part.mean(0) + centre).astype(np.float16)
+    return out
+
+
 def window_columns(frame: np.ndarray, fps: np.ndarray, length: int, hop_seconds: float):
     """First column and column count of the window of `length` frames centred on each frame of a
     constant-rate video: frame t covers [(t-1)/fps, t/fps)."""

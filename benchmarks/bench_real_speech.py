@@ -1,0 +1,130 @@
+"""The audio branch on real emotional speech: RAVDESS actors in the Aff-Wild2 layout (../shared/real/).
+
+Usage: python benchmarks/bench_real_speech.py [--configs demo,strong] [--work /tmp/bench_real_speech]
+       python benchmarks/bench_real_speech.py --configs speech --speech-backbone wavlm_base_plus --pretrained-path F
+
+Prepares ../shared/real/ravdess_speech (prepare_data.py --dataset affwild2: no crops, no test
+split), trains train_audio.py once per configuration with --seed and scores the speaker-disjoint
+validation actors (13-16) from the run's preds/val.npz:
+  macro-F1 and per-class F1 over every labelled frame; utterance accuracy (an utterance is a run
+  of one label between -1 gaps; its prediction is the majority vote of its frames' argmax);
+  chance (uniform random guessing: class c's expected F1 is 2 p_c / 8 / (p_c + 1/8), p_c its
+  val share; 1/8 of utterances) and the majority class of train (every frame predicted as it).
+Configurations: demo (the --preset demo), strong (the stronger CPU configuration, STRONG below),
+demo-norm and strong-norm (the same with --norm-per-video: each video's per-mel level removed),
+speech (a speech encoder's cached states and the small head; --speech-backbone tiny_random, the
+default, has random weights and shows the path runs, not that it learns).
+Writes <work>/bench_real_speech.json.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import train_audio  # noqa: E402
+from utils.classes import EXPR_CLASSES  # noqa: E402
+from utils.console import log, table  # noqa: E402
+from utils.runs import write_json  # noqa: E402
+
+# A bigger draw and more epochs of the demo's small network (about 15 min on 2 free cores).
+STRONG = ["--preset", "demo", "--epochs", "10", "--max-per-class", "1200", "--lr", "3e-3", "--predict-stride", "8"]
+SPEECH = ["--epochs", "8", "--max-per-class", "1500", "--lr", "1e-3", "--weight-decay", "0.05", "--workers", "0",
+          "--warmup-epochs", "0.5", "--patience", "0", "--predict-stride", "4"]
+
+
+def utterances(txtid: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Utterance id (int, -1 for unlabelled frames) of each frame: a new utterance starts where the
+    txtid or the label changes; frames labelled -1 belong to none. Rows in (txtid, frame) order."""
+    start = np.r_[True, (txtid[1:] != txtid[:-1]) | (label[1:] != label[:-1])]
+    ids = np.cumsum(start) - 1
+    return np.where(label >= 0, ids, -1)
+
+
+def utterance_accuracy(txtid, label, pred) -> tuple[float, int, np.ndarray]:
+    """(accuracy of the majority vote per utterance, number of utterances, their labels)."""
+    utt = utterances(np.asarray(txtid), np.asarray(label))
+    ok = utt >= 0
+    ids, inverse = np.unique(utt[ok], return_inverse=True)
+    votes = np.zeros((len(ids), len(EXPR_CLASSES)), np.int64)
+    np.add.at(votes, (inverse, pred[ok]), 1)
+    truth = np.zeros(len(ids), np.int64)
+    truth[inverse] = label[ok]
+    return float((votes.argmax(1) == truth).mean()), len(ids), truth
+
+
+def score_run(run: Path, train_majority: int) -> dict:
+    p = np.load(run / "preds" / "val.npz", allow_pickle=False)
+    ok = p["label"] >= 0
+    label, pred = p["label"][ok].astype(np.int64), p["logits"][ok].argmax(1)
+    classes = np.arange(len(EXPR_CLASSES))
+    per_class = f1_score(label, pred, labels=classes, average=None, zero_division=0)
+    acc, n_utt, truth = utterance_accuracy(p["txtid"], p["label"].astype(np.int64), p["logits"].argmax(1))
+    share = np.bincount(label, minlength=len(classes)) / len(label)
+    k = 1 / len(classes)
+    chance = float(np.mean(np.where(share > 0, 2 * share * k / (share + k), 0)))
+    majority = f1_score(label, np.full_like(label, train_majority), labels=classes, average="macro", zero_division=0)
+    return dict(val_macro_f1=float(per_class.mean()), per_class_f1=dict(zip(EXPR_CLASSES, per_class.round(4).tolist())),
+                utterance_accuracy=acc, utterances=n_utt, frames=int(ok.sum()), chance_macro_f1=chance,
+                majority_macro_f1=float(majority), chance_utterance=k,
+                majority_utterance=float((truth == train_majority).mean()))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--real", default=str(ROOT.parent / "shared" / "real" / "ravdess_speech"))
+    ap.add_argument("--work", default="/tmp/bench_real_speech")
+    ap.add_argument("--configs", default="demo,strong")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--speech-backbone", default="tiny_random")
+    ap.add_argument("--pretrained-path", default="")
+    args = ap.parse_args(argv)
+    work, real = Path(args.work), Path(args.real)
+    if not real.is_dir():
+        raise SystemExit(f"error: {real} not found (the shared real-media tree; see ../shared/real/README.md)")
+    data = work / "data"
+    if not (data / "frames.parquet").exists():
+        subprocess.run([sys.executable, str(ROOT / "prepare_data.py"), "--dataset", "affwild2", "--root", str(real),
+                        "--out", str(data), "--jobs", "2"], check=True)
+    import pandas as pd
+    frames = pd.read_parquet(data / "frames.parquet", columns=["split", "label"])
+    train_labels = frames.label[(frames.split == "train") & (frames.label >= 0)].to_numpy()
+    train_majority = int(np.bincount(train_labels, minlength=len(EXPR_CLASSES)).argmax())
+    speech = ["--backbone", args.speech_backbone] + (["--pretrained-path", args.pretrained_path]
+                                                      if args.pretrained_path else []) + SPEECH
+    known = {"demo": ["--preset", "demo"], "strong": STRONG, "speech": speech,
+             "demo-norm": ["--preset", "demo", "--norm-per-video"], "strong-norm": STRONG + ["--norm-per-video"]}
+    results = {}
+    for name in args.configs.split(","):
+        extra = known[name]
+        start = time.perf_counter()
+        run = train_audio.main(["--data", str(data), "--runs", str(work / "runs"), "--name", name,
+                                "--seed", str(args.seed), *extra])
+        seconds = time.perf_counter() - start
+        # a run finished earlier is only scored: its time is not this one's
+        seconds = round(seconds, 1) if seconds > 30 else None
+        results[name] = dict(args=extra, seconds=seconds) | score_run(run, train_majority)
+    rows = [[name, r["val_macro_f1"], *r["per_class_f1"].values(), r["utterance_accuracy"],
+             r["seconds"] / 60 if r["seconds"] else "(earlier)"] for name, r in results.items()]
+    r = next(iter(results.values()))
+    rows += [["chance", r["chance_macro_f1"], *[""] * len(EXPR_CLASSES), r["chance_utterance"], ""],
+             [f"majority ({EXPR_CLASSES[train_majority]})", r["majority_macro_f1"], *[""] * len(EXPR_CLASSES),
+              r["majority_utterance"], ""]]
+    table(f"real speech, speaker-disjoint val (actors 13-16, {r['frames']:,} labelled frames, "
+          f"{r['utterances']} utterances), seed {args.seed}",
+          ["", "macro-F1", *EXPR_CLASSES, "utt. acc", "min"], rows)
+    write_json(work / "bench_real_speech.json", dict(seed=args.seed, train_majority=EXPR_CLASSES[train_majority],
+                                                     results=results))
+    log(f"wrote {work / 'bench_real_speech.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Self-supervised speech encoders (wav2vec 2.0, HuBERT, WavLM from torchaudio.pipelines) as audio
+features: a frozen encoder runs once per video over its 16 kHz track and the hidden states of one
+layer are cached float16 at 50 Hz (one row per 20 ms), so that training a head on them never runs
+the encoder again.
+
+Time axis: the track is padded with 200 samples of silence at each end (half the 400-sample
+receptive field of the convolutional front end, stride 320), so row j is centred at j * 0.02 s on
+the video clock, as column j of a log-mel cache is centred at j * hop_seconds; the same
+utils.readers.audio.frame_windows therefore maps frames to rows with hop_seconds = 0.02.
+A track of n samples has n // 320 + 1 rows.
+
+Long tracks run in chunks of `chunk_seconds` with `context_seconds` of audio on each side that
+the encoder sees but whose rows are dropped; chunk edges fall on the 320-sample grid, so the
+convolutional features are the same as in one pass and only the attention's far context differs
+(tests/test_speech.py bounds the difference away from the track's ends).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio
+
+from utils.console import track
+from utils.files import DataError
+from utils.runs import read_json, write_json
+
+SAMPLE_RATE = 16000
+STRIDE = 320                 # samples per row: 20 ms at 16 kHz
+RECEPTIVE = 400              # samples one row sees
+HOP_SECONDS = STRIDE / SAMPLE_RATE
+
+# --backbone name -> torchaudio.pipelines bundle (weights from the hub at run time, or --pretrained-path)
+ENCODERS = {"wav2vec2_base": "WAV2VEC2_BASE", "wav2vec2_large": "WAV2VEC2_LARGE_LV60K",
+            "hubert_base": "HUBERT_BASE", "hubert_large": "HUBERT_LARGE",
+            "wavlm_base": "WAVLM_BASE", "wavlm_base_plus": "WAVLM_BASE_PLUS", "wavlm_large": "WAVLM_LARGE",
+            "wav2vec2_xlsr_300m": "WAV2VEC2_XLSR_300M"}
+# A random encoder of the same front end (so the same 50 Hz rows) and two 32-wide layers: for the
+# tests and a demo of the path; it cannot hear emotion.
+TINY = dict(extractor_mode="group_norm", extractor_conv_layer_config=[(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2,
+            extractor_conv_bias=False, encoder_embed_dim=32, encoder_projection_dropout=0.0,
+            encoder_pos_conv_kernel=16, encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=2,
+            encoder_attention_dropout=0.0, encoder_ff_interm_features=64, encoder_ff_interm_dropout=0.0,
+            encoder_dropout=0.0, encoder_layer_norm_first=False, encoder_layer_drop=0.0, aux_num_out=None)
+SPEECH_BACKBONES = [*ENCODERS, "tiny_random"]
+
+
+def is_speech(backbone: str) -> bool:
+    return backbone in SPEECH_BACKBONES
+
+
+class Encoder(torch.nn.Module):
+    """A frozen torchaudio Wav2Vec2Model and how its input is normalised. forward(wave (1, n)
+    float32 at 16 kHz) -> (rows, D) float32 hidden states of `layer` (1-based transformer layer)."""
+
+    def __init__(self, model: torch.nn.Module, layer: int, normalize: bool):
+        super().__init__()
+        self.model, self.normalize = model.eval().requires_grad_(False), normalize
+        self.num_layers = len(model.encoder.transformer.layers)
+        if not 1 <= layer <= self.num_layers:
+            raise ValueError(f"layer {layer} outside 1..{self.num_layers}")
+        self.layer = layer
+        self.dim = model.encoder.feature_projection.projection.out_features
+
+    @torch.no_grad()
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        if self.normalize:   # the large LV-60k / XLSR / WavLM-large models were trained on unit-variance input
+            wave = F.layer_norm(wave, wave.shape[-1:])
+        states, _ = self.model.extract_features(wave, num_layers=self.layer)
+        return states[-1][0]
+
+
+def default_layer(num_layers: int) -> int:
+    """Two thirds of the way up: the upper-middle layers carry the most paralinguistic information
+    in layer-wise probes of wav2vec 2.0 / WavLM (e.g. Pasad et al. 2021; SUPERB ER weights)."""
+    return max(1, round(num_layers * 2 / 3))
+
+
+def architecture(backbone: str) -> tuple[torch.nn.Module, bool]:
+    """A bundle's model with random weights (its factory and parameters; nothing downloads) and
+    whether its input is layer-normalised."""
+    bundle = getattr(torchaudio.pipelines, ENCODERS[backbone])
+    factory = torchaudio.models.wavlm_model if bundle._model_type == "WavLM" else torchaudio.models.wav2vec2_model
+    return factory(**bundle._params), bool(bundle._normalize_waveform)
+
+
+def build_encoder(backbone: str, layer: int = 0, pretrained_path: str | None = None, seed: int = 0) -> Encoder:
+    """The frozen encoder for a --backbone name. Weights: `pretrained_path` (a state dict saved from
+    the bundle's model, bare or under 'model'), else the torchaudio hub download; 'tiny_random' is
+    seeded random. layer 0 picks default_layer. DataError if the file does not fit the architecture."""
+    if backbone == "tiny_random":
+        torch.manual_seed(seed)
+        model, normalize = torchaudio.models.wav2vec2_model(**TINY), False
+    elif backbone in ENCODERS:
+        if pretrained_path:
+            model, normalize = architecture(backbone)
+        else:   # downloads (torch.hub cache) on first use
+            bundle = getattr(torchaudio.pipelines, ENCODERS[backbone])
+            model, normalize = bundle.get_model(), bool(bundle._normalize_waveform)
+            model = getattr(model, "model", model)   # the large ones come wrapped with their input norm
+    else:
+        raise ValueError(f"unknown speech encoder {backbone!r}; one of {SPEECH_BACKBONES}")
+    if pretrained_path:
+        state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise DataError(f"{pretrained_path}: not a {backbone} state dict ({str(err).splitlines()[0]})") from None
+    n_layers = len(model.encoder.transformer.layers)
+    return Encoder(model, layer or default_layer(n_layers), normalize)
+
+
+def num_layers(backbone: str) -> int:
+    """How many transformer layers the --backbone has, without building it."""
+    if backbone == "tiny_random":
+        return TINY["encoder_num_layers"]
+    if backbone in ENCODERS:
+        return getattr(torchaudio.pipelines, ENCODERS[backbone])._params["encoder_num_layers"]
+    raise ValueError(f"unknown speech encoder {backbone!r}; one of {SPEECH_BACKBONES}")
+
+
+def resolve_layer(backbone: str, layer: int = 0) -> int:
+    """The layer a --backbone / --speech-layer pair caches (0: default_layer), without building it;
+    ValueError outside 1..num_layers."""
+    n = num_layers(backbone)
+    if not 0 <= layer <= n:
+        raise ValueError(f"--speech-layer {layer}: {backbone} has layers 1..{n}")
+    return layer or default_layer(n)
+
+
+def n_rows(n_samples: int) -> int:
+    return n_samples // STRIDE + 1
+
+
+@torch.no_grad()
+def encode(encoder: Encoder, samples: np.ndarray, chunk_seconds: float = 30.0, context_seconds: float = 5.0,
+           device: torch.device | str = "cpu") -> np.ndarray:
+    """Hidden states (n_rows(len(samples)), D) float16 of a mono 16 kHz track, row j centred at
+    j * 0.02 s. Chunks of chunk_seconds see context_seconds more audio each side (dropped rows)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    total = n_rows(len(samples))
+    padded = np.pad(samples, (RECEPTIVE // 2, RECEPTIVE // 2))
+    chunk = max(1, int(round(chunk_seconds / HOP_SECONDS)))
+    context = max(0, int(round(context_seconds / HOP_SECONDS)))
+    out = np.zeros((total, encoder.dim), np.float16)
+    for a in range(0, total, chunk):
+        b = min(a + chunk, total)
+        s, e = max(a - context, 0), min(b + context, total)
+        wave = torch.from_numpy(padded[s * STRIDE:(e - 1) * STRIDE + RECEPTIVE]).to(device)[None]
+        states = encoder(wave)
+        out[a:b] = states[a - s:b - s].float().cpu().numpy()
+    return out
+
+
+def cache_folder(data_dir, backbone: str, layer: int) -> Path:
+    return Path(data_dir) / "speech" / f"{backbone}_layer{layer}"
+
+
+def missing_cache(folder: Path, videos) -> list[tuple[str, str, Path]]:
+    """(videoid, audio path, cache file) of every video with sound whose cache file is missing or
+    older than its decoded audio (each file is written whole: an interrupted run resumes)."""
+    todo = []
+    for videoid, audio, path in zip(videos["videoid"], videos["has_audio"], videos["audio_path"]):
+        target = folder / f"{videoid}.npy"
+        if audio and (not target.exists() or target.stat().st_mtime < Path(path).stat().st_mtime):
+            todo.append((videoid, path, target))
+    return todo
+
+
+def ensure_speech_cache(data_dir, videos, encoder: Encoder, backbone: str, chunk_seconds: float = 30.0,
+                        context_seconds: float = 5.0, device="cpu", source: str = "") -> Path:
+    """Encode every video with sound that has no up-to-date cache file: data/speech/<backbone>_layer<k>/
+    <videoid>.npy (rows, D) float16 and speech.json (hop_seconds 0.02, dim, layer, weights' source),
+    written last. `videos` is videos.parquet's table (videoid, has_audio, audio_path). DataError on
+    an unreadable track."""
+    out = cache_folder(data_dir, backbone, encoder.layer)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = missing_cache(out, videos)
+    encoder.to(device)
+    for videoid, path, target in track(todo, total=len(todo), description=f"{backbone} layer {encoder.layer}",
+                                       unit="videos"):
+        try:
+            samples = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot be read ({err}); run prepare_data.py --force") from None
+        states = encode(encoder, samples, chunk_seconds, context_seconds, device)
+        tmp = target.with_suffix(".tmp.npy")
+        np.save(tmp, states)
+        tmp.replace(target)
+    write_json(out / "speech.json", dict(backbone=backbone, layer=encoder.layer, dim=encoder.dim,
+                                         hop_seconds=HOP_SECONDS, sample_rate=SAMPLE_RATE, weights=source,
+                                         time_axis="row j is centred at j * hop_seconds on the video clock"))
+    return out
+
+
+def load_speech_bank(folder: Path, videoids, has_audio) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every video's cached states in one (rows, D) float16 array with one zero row last (the
+    filler of windows past a video's ends, as utils.readers.audio.load_bank's floor column):
+    (bank, offset, n_rows) with video i's row j at bank[offset[i] + j]."""
+    dim = int(read_json(folder / "speech.json")["dim"])
+    parts = []
+    for videoid, audio in zip(videoids, has_audio):
+        if not audio:
+            parts.append(np.zeros((0, dim), np.float16))
+            continue
+        path = folder / f"{videoid}.npy"
+        try:
+            states = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot be read ({err}); delete it and run again") from None
+        if states.ndim != 2 or states.shape[1] != dim or not np.isfinite(states).all():
+            raise DataError(f"{path}: not finite (rows, {dim}) states (shape {states.shape}); delete it and run again")
+        parts.append(states)
+    n = np.array([len(p) for p in parts], dtype=np.int64)
+    offset = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+    return np.concatenate(parts + [np.zeros((1, dim), np.float16)]), offset, n
+
+
+def speech_stats(bank, offset, n, videos_used) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (float32 (D,)) over the given videos' rows (train only)."""
+    rows = [bank[offset[i]:offset[i] + n[i]].astype(np.float64) for i in videos_used]
+    rows = np.concatenate(rows) if rows else np.zeros((1, bank.shape[1]))
+    return rows.mean(0).astype(np.float32), np.maximum(rows.std(0), 1e-3).astype(np.float32)
+
+
+class SpeechPipe:
+    """Gathered windows (B, D, W) float16 with their widths -> (B, 2D) on the device: the mean and
+    std over each window's own rows of the normalised states (the same call as AudioPipe)."""
+
+    def __init__(self, mean, std, device: torch.device, drop: float = 0.0):
+        self.mean = torch.as_tensor(mean, device=device)[None, :, None]
+        self.std = torch.as_tensor(std, device=device)[None, :, None]
+        self.device, self.drop = device, drop
+
+    def __call__(self, states: torch.Tensor, widths: torch.Tensor, train: bool = False) -> torch.Tensor:
+        x = (states.to(self.device).float() - self.mean) / self.std
+        w = widths.to(self.device)
+        keep = (torch.arange(x.shape[-1], device=self.device)[None] < w[:, None]).float()
+        if train and self.drop > 0:   # drop rows at random (at least one kept): a time-domain augmentation
+            keep = keep * (torch.rand_like(keep) >= self.drop).float()
+            keep[:, 0] = torch.where(keep.sum(1) == 0, 1.0, keep[:, 0])
+        keep = keep[:, None]
+        count = keep.sum(-1).clamp(min=1)
+        mean = (x * keep).sum(-1) / count
+        var = (((x - mean[..., None]) * keep) ** 2).sum(-1) / count
+        return torch.cat([mean, var.clamp(min=1e-6).sqrt()], 1)
