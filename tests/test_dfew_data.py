@@ -337,3 +337,14 @@ def test_synthetic_zero_based_variant_and_determinism(tmp_path):
     truth = {c["clip"]: c["label"] for c in a["clips"]}
     assert all(truth[c] == v for c, v in zip(folds["clip"], folds["label"]))
     assert not (tmp_path / "a" / "openpose").exists()
+
+
+def test_the_summary_of_a_tree_with_a_fold_without_test_clips(capsys):
+    """A small labelled corpus (12 clips) leaves a fold with no test clip: the summary says 0."""
+    from types import SimpleNamespace
+    layout = SimpleNamespace(frames_kind="clip_224x224", split_format="official", label_base=0, kinds_found={})
+    counts = {"folds": {"1": {"train": {"clips": 10}, "test": {"clips": 2, "labels": [1, 1, 0, 0, 0, 0, 0]}},
+                        "2": {"train": {"clips": 12}}},
+              "clips": 12, "unlabelled": 0, "with_audio": 12, "vfr_clips": 0, "frames": 120}
+    dfew.print_summary(layout, counts, {})
+    assert "12 clips" in capsys.readouterr().out

@@ -530,7 +530,8 @@ def print_summary(layout: DfewLayout, counts: dict, warnings: dict) -> None:
     def per(split, key):
         return [counts["folds"][f].get(split, {}).get(key, 0) for f in folds]
 
-    test_labels = per("test", "labels")
+    # a fold without test clips (a small labelled corpus) has no per-class counts
+    test_labels = [labels or [0] * NUM_DFEW_CLASSES for labels in per("test", "labels")]
     table(f"DFEW folds ({layout.frames_kind}; {'the' if layout.split_format == 'official' else layout.split_format} "
           f"split files use labels {layout.label_base}.."
           f"{layout.label_base + 6})", ["", *[f"fold {f}" for f in folds]],
