@@ -122,29 +122,42 @@ def load_bank(folder: Path, videoids, has_audio) -> tuple[np.ndarray, np.ndarray
     spectrogram that is missing, unreadable, of another mel count or not finite is a DataError
     naming the file."""
     n_mels = int(read_json(folder / "spec.json")["n_mels"])
+    return load_rows(folder, videoids, has_audio, n_mels, stored_transposed=True, filler=FLOOR_DB,
+                     again="delete it and run train_audio.py again")
+
+
+def load_rows(folder: Path, videoids, has_audio, width: int, *, stored_transposed: bool, filler: float,
+              again: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-video caches <folder>/<videoid>.npy (rows x width float16, or width x rows when
+    `stored_transposed`, as spectrograms are) of the videos with audio, stacked as by stack_bank
+    with one `filler` row last; a video without audio has no rows. A file that is missing,
+    unreadable, of another width or not finite is a DataError naming it, ending with `again`."""
     parts = []
     for videoid, audio in zip(videoids, has_audio):
         if not audio:
-            parts.append(np.zeros((0, n_mels), np.float16))
+            parts.append(np.zeros((0, width), np.float16))
             continue
         path = folder / f"{videoid}.npy"
         try:
-            spec = np.load(path, allow_pickle=False)
+            rows = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot be read ({err}); delete it and run train_audio.py again") from None
-        if spec.ndim != 2 or spec.shape[0] != n_mels or not np.isfinite(spec).all():
-            raise DataError(f"{path}: not a finite ({n_mels}, columns) spectrogram (shape {spec.shape}); "
-                            "delete it and run train_audio.py again")
-        parts.append(spec.T)
-    return stack_bank(parts, n_mels)
+            raise DataError(f"{path}: cannot be read ({err}); {again}") from None
+        rows = rows.T if stored_transposed and rows.ndim == 2 else rows
+        if rows.ndim != 2 or rows.shape[1] != width or not np.isfinite(rows).all():
+            shape = f"({width}, columns)" if stored_transposed else f"(rows, {width})"
+            raise DataError(f"{path}: not a finite {shape} array (shape {rows.T.shape if stored_transposed else rows.shape}); "
+                            f"{again}")
+        parts.append(rows)
+    return stack_bank(parts, width, filler)
 
 
-def stack_bank(parts, n_mels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(columns, n_mels) spectrograms, one per video or clip, as (bank, offset, n_columns)."""
-    n_columns = np.array([len(p) for p in parts], dtype=np.int64)
-    offset = np.concatenate([[0], np.cumsum(n_columns)[:-1]]).astype(np.int64)
-    floor = np.full((1, n_mels), FLOOR_DB, np.float16)
-    return np.concatenate(list(parts) + [floor]), offset, n_columns
+def stack_bank(parts, width: int, filler: float = FLOOR_DB) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, width) arrays, one per video or clip, as (bank, offset, n_rows): one float16 array
+    with part i's row j at bank[offset[i] + j], and one `filler` row last (what windows past a
+    video's ends read: the silence floor for log-mel)."""
+    n_rows = np.array([len(p) for p in parts], dtype=np.int64)
+    offset = np.concatenate([[0], np.cumsum(n_rows)[:-1]]).astype(np.int64)
+    return np.concatenate(list(parts) + [np.full((1, width), filler, np.float16)]), offset, n_rows
 
 
 def bank_stats(bank: np.ndarray, offset, n_columns, videos_used) -> tuple[float, float]:

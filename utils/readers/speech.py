@@ -25,6 +25,7 @@ import torchaudio
 
 from utils.console import track
 from utils.files import DataError
+from utils.readers.audio import load_rows
 from utils.runs import read_json, write_json
 
 SAMPLE_RATE = 16000
@@ -200,24 +201,11 @@ def ensure_speech_cache(data_dir, videos, encoder: Encoder, backbone: str, chunk
 def load_speech_bank(folder: Path, videoids, has_audio) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every video's cached states in one (rows, D) float16 array with one zero row last (the
     filler of windows past a video's ends, as utils.readers.audio.load_bank's floor column):
-    (bank, offset, n_rows) with video i's row j at bank[offset[i] + j]."""
+    (bank, offset, n_rows) with video i's row j at bank[offset[i] + j]. DataError naming a cache
+    file that is missing, unreadable, of another width or not finite."""
     dim = int(read_json(folder / "speech.json")["dim"])
-    parts = []
-    for videoid, audio in zip(videoids, has_audio):
-        if not audio:
-            parts.append(np.zeros((0, dim), np.float16))
-            continue
-        path = folder / f"{videoid}.npy"
-        try:
-            states = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot be read ({err}); delete it and run again") from None
-        if states.ndim != 2 or states.shape[1] != dim or not np.isfinite(states).all():
-            raise DataError(f"{path}: not finite (rows, {dim}) states (shape {states.shape}); delete it and run again")
-        parts.append(states)
-    n = np.array([len(p) for p in parts], dtype=np.int64)
-    offset = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
-    return np.concatenate(parts + [np.zeros((1, dim), np.float16)]), offset, n
+    return load_rows(folder, videoids, has_audio, dim, stored_transposed=False, filler=0.0,
+                     again="delete it and run again")
 
 
 def speech_stats(bank, offset, n, videos_used) -> tuple[np.ndarray, np.ndarray]:
