@@ -105,11 +105,14 @@ def speech_inputs(cfg, d, frames, videos):
     """The speech-encoder path's (bank, offset, n_rows, video, start, width, head, pipe, config
     extras): the cache is filled once (rank 0), normalised with train-only per-dimension statistics."""
     folder = speech.cache_folder(cfg.data, cfg.backbone, speech.resolve_layer(cfg.backbone, cfg.speech_layer))
+    source = cfg.pretrained_path or ("random" if cfg.backbone == "tiny_random" else "hub")
+    speech.check_cache(folder, cfg.data, source)
     # a complete cache needs no encoder (nor its weights): another seed only trains the head
     if d.main and (speech.missing_cache(folder, videos) or not (folder / "speech.json").exists()):
-        encoder = speech.build_encoder(cfg.backbone, cfg.speech_layer, cfg.pretrained_path, cfg.seed)
+        with torch.random.fork_rng():   # building the encoder must not move the head's seeded draws
+            encoder = speech.build_encoder(cfg.backbone, cfg.speech_layer, cfg.pretrained_path, cfg.seed)
         speech.ensure_speech_cache(cfg.data, videos, encoder, cfg.backbone, cfg.speech_chunk, device=d.device,
-                                   source=cfg.pretrained_path or ("random" if cfg.backbone == "tiny_random" else "hub"))
+                                   source=source)
         del encoder
     if d.world_size > 1:
         torch.distributed.barrier()

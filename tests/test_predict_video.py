@@ -74,3 +74,14 @@ def test_dfew_runs_and_missing_inputs_are_refused(tmp_path):
         Runner(tmp_path, pd.DataFrame(), pd.DataFrame(), None, "fp32")(run)
     with pytest.raises(DataError, match="exactly one of"):
         predict_video.main(["video.mp4", "--out", str(tmp_path)])
+
+
+def test_a_video_named_like_a_two_person_txtid_keeps_its_videoid(tmp_path):
+    """'interview_left.mp4' is one video: its frames and its sound share the videoid."""
+    from conftest import make_av, tone
+    from utils.console import WarningCounter
+    from utils.evaluation.video import video_tables
+    path = make_av(tmp_path / "interview_left.mp4", n_frames=10, audio=tone(0.5, 16000))
+    frames, videos = video_tables([("interview_left", path, 10)], tmp_path / "crops", tmp_path / "data", 16000,
+                                  WarningCounter())
+    assert set(frames["videoid"]) == set(videos["videoid"]) == {"interview_left"}

@@ -200,3 +200,21 @@ def test_norm_per_video_gives_every_video_the_train_centre():
         np.testing.assert_allclose(np.diff(out[offset[k]:offset[k] + n[k]].astype(np.float32), axis=0),
                                    np.diff(parts[k].astype(np.float32), axis=0), atol=0.1)
     assert (out[-1] == FLOOR_DB).all()
+
+
+def test_a_cache_of_other_weights_or_sound_at_another_rate_is_refused(tmp_path):
+    """States of other weights are never reused silently; sound at another rate never encoded as 16 kHz."""
+    data, folder = tmp_path / "data", tmp_path / "data" / "speech" / "wavlm_base_plus_layer8"
+    folder.mkdir(parents=True)
+    (data / "meta.json").write_text(json.dumps({"sample_rate": 16000}))
+    speech.check_cache(folder, data, "hub")   # no cache yet: fine
+    (folder / "speech.json").write_text(json.dumps({"weights": "hub"}))
+    speech.check_cache(folder, data, "hub")
+    with pytest.raises(DataError, match="cached with the weights 'hub', this run uses 'finetuned.pt'"):
+        speech.check_cache(folder, data, "finetuned.pt")
+    (data / "meta.json").write_text(json.dumps({"sample_rate": 22050}))
+    with pytest.raises(DataError, match="decoded at 22050 Hz"):
+        speech.check_cache(folder, data, "hub")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(DataError, match="junk.pt: not a readable torch state dict"):
+        speech.build_encoder("tiny_random", pretrained_path=str(tmp_path / "junk.pt"))

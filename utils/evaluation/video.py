@@ -21,7 +21,8 @@ from utils.files import DataError
 from utils.models.backbones import create_model, load_weights, normalisation
 from utils.models.fusion import HEADS, ModalFusionModule, TokenDataset, context_rows
 from utils.readers.affwild2 import list_crops, txtid_frames
-from utils.readers.audio import AudioPipe, ensure_spectrograms, frame_windows, load_bank, spec_folder
+from utils.readers.audio import (AudioPipe, centre_per_video, ensure_spectrograms, frame_windows, load_bank,
+                                 spec_folder)
 from utils.readers.media import locate, prepare_media
 from utils.runs import read_json, save_parquet, write_json
 from utils.training.engine import InputPipe
@@ -48,7 +49,8 @@ def video_tables(videos: list[tuple[str, Path, int]], crops: Path, out: Path, sa
                                              if (crops / "cropped_aligned" / videoid).is_dir() else [])
         frame = np.arange(1, n_frames + 1)
         columns = txtid_frames(videoid, frame, np.full(n_frames, -1), crop_frames, crop_paths)
-        parts.append(pd.DataFrame(columns | {"split": "test", "template_row": -1}))
+        # one video per file: its name is the videoid even when it ends in _left/_right
+        parts.append(pd.DataFrame(columns | {"videoid": videoid, "split": "test", "template_row": -1}))
     frames = pd.concat(parts, ignore_index=True)
     table = pd.DataFrame(infos).reindex(columns=VIDEO_COLUMNS)
     for column in ("has_audio", "vfr"):
@@ -65,6 +67,9 @@ def run_kind(config: dict) -> str:
         raise DataError(f"a {config['dataset']} run predicts clips, not the frames of a video")
     if "image_offsets" in config:
         return "fusion"
+    if config.get("backbone", "logmel") != "logmel":
+        raise DataError(f"a --backbone {config['backbone']} audio run: predict_video.py runs log-mel audio runs only "
+                        "(the speech-encoder path is not wired into it yet)")
     return "audio" if "spec_mean_db" in config else "image"
 
 
@@ -112,6 +117,8 @@ class Runner:
         folder = spec_folder(self.data, cfg["n_fft"], cfg["hop"], cfg["n_mels"])
         hop_seconds = read_json(folder / "spec.json")["hop_seconds"]
         bank, offset, n_columns = load_bank(folder, self.videos["videoid"], self.videos["has_audio"])
+        if cfg.get("video_centre_db") is not None:   # the run normalised each video's level (--norm-per-video)
+            bank = centre_per_video(bank, offset, n_columns, cfg["video_centre_db"])
         video, start, width = frame_windows(self.frames, self.videos, cfg["window_frames"], hop_seconds)
         model = self._load(create_model(cfg["model"], NUM_EXPR_CLASSES, img_size=cfg["img_size"], in_chans=1), run)
         pipe = AudioPipe(cfg["img_size"], cfg["spec_mean_db"], cfg["spec_std_db"], self.d.device)

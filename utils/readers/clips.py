@@ -210,7 +210,9 @@ def prepare_clips(root, out, labels: str, crops: str = "", n_folds: int = 5, val
         split = "val" if clip.fold == val_fold else "train"
         columns = affwild2.txtid_frames(clip.videoid, np.arange(1, n + 1), np.full(n, clip.label), crop_frames,
                                         crop_paths)
-        parts.append(pd.DataFrame(columns | {"split": split, "template_row": -1}))
+        # one video per file: its name is the videoid even when it ends in _left/_right, which
+        # txtid_frames would strip as the Aff-Wild2 two-person suffix
+        parts.append(pd.DataFrame(columns | {"videoid": clip.videoid, "split": split, "template_row": -1}))
     if not parts:
         raise DataError(f"{root}: none of the {len(clips)} clips could be read")
     order = ["split", "txtid", "videoid", "frame", "label", "has_crop", "crop_path", "template_row"]

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from utils.console import track
+from utils.files import DataError
 from utils.runs import read_json, save_parquet, write_json
 
 # insightface's arcface_torch template (src: insightface/python-package/insightface/utils/face_align.py),
@@ -124,7 +125,7 @@ def detector(device: str = "cpu", min_face: int = 20):
         try:
             from facenet_pytorch import MTCNN
         except ImportError as err:
-            raise RuntimeError("facenet-pytorch is not installed: pip install --no-deps -r requirements-nodeps.txt "
+            raise DataError("facenet-pytorch is not installed: pip install --no-deps -r requirements-nodeps.txt "
                                f"(its own pins are years old; see the README) ({err})") from None
         _DETECTORS[key] = MTCNN(keep_all=True, device=device, min_face_size=min_face, post_process=False)
     return _DETECTORS[key]

@@ -16,6 +16,7 @@ convolutional features are the same as in one pass and only the attention's far 
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,10 @@ def build_encoder(backbone: str, layer: int = 0, pretrained_path: str | None = N
     else:
         raise ValueError(f"unknown speech encoder {backbone!r}; one of {SPEECH_BACKBONES}")
     if pretrained_path:
-        state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError) as err:
+            raise DataError(f"{pretrained_path}: not a readable torch state dict ({str(err).splitlines()[0]})") from None
         state = state.get("model", state)
         state = {k.removeprefix("model."): v for k, v in state.items()}
         try:
@@ -163,13 +167,30 @@ def cache_folder(data_dir, backbone: str, layer: int) -> Path:
 
 def missing_cache(folder: Path, videos) -> list[tuple[str, str, Path]]:
     """(videoid, audio path, cache file) of every video with sound whose cache file is missing or
-    older than its decoded audio (each file is written whole: an interrupted run resumes)."""
+    older than its decoded audio (each file is written whole: an interrupted run resumes).
+    DataError naming a decoded track that is missing from the data folder."""
     todo = []
     for videoid, audio, path in zip(videos["videoid"], videos["has_audio"], videos["audio_path"]):
         target = folder / f"{videoid}.npy"
+        if audio and not Path(path).is_file():
+            raise DataError(f"{path}: the decoded sound of {videoid} is missing; run prepare_data.py --force")
         if audio and (not target.exists() or target.stat().st_mtime < Path(path).stat().st_mtime):
             todo.append((videoid, path, target))
     return todo
+
+
+def check_cache(folder: Path, data_dir, source: str) -> None:
+    """DataError unless the data folder's sound is at the encoders' 16 kHz and the cache in `folder`
+    (if any) was made with the same weights (`source`: a --pretrained-path, 'hub' or 'random'),
+    so states of other weights are never reused silently."""
+    rate = int(read_json(Path(data_dir) / "meta.json")["sample_rate"])
+    if rate != SAMPLE_RATE:
+        raise DataError(f"{data_dir}: its sound is decoded at {rate} Hz; speech encoders take {SAMPLE_RATE} Hz: "
+                        f"prepare the data with --sample-rate {SAMPLE_RATE} (into another folder)")
+    info = folder / "speech.json"
+    if info.exists() and (made := read_json(info).get("weights")) != source:
+        raise DataError(f"{folder}: cached with the weights '{made}', this run uses '{source}'; delete the folder "
+                        f"to encode again")
 
 
 def ensure_speech_cache(data_dir, videos, encoder: Encoder, backbone: str, chunk_seconds: float = 30.0,
@@ -179,6 +200,7 @@ def ensure_speech_cache(data_dir, videos, encoder: Encoder, backbone: str, chunk
     written last. `videos` is videos.parquet's table (videoid, has_audio, audio_path). DataError on
     an unreadable track."""
     out = cache_folder(data_dir, backbone, encoder.layer)
+    check_cache(out, data_dir, source)
     out.mkdir(parents=True, exist_ok=True)
     todo = missing_cache(out, videos)
     encoder.to(device)
