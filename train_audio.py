@@ -120,6 +120,9 @@ def speech_inputs(cfg, d, frames, videos):
     video, start, width = frame_windows(frames, videos, cfg.window_frames, speech.HOP_SECONDS)
     train_videos = np.unique(video[(frames.split == "train").to_numpy()])
     mean, std = speech.speech_stats(bank, offset, n_rows, train_videos)   # train audio only
+    # Rows past a video's ends read the bank's last row: the train average, which normalises to 0
+    # (a zero state would normalise to -mean/std, a loud fake input at every video's start and end).
+    bank[-1] = mean.astype(np.float16)
     head = SpeechHead(2 * bank.shape[1], len(EXPR_CLASSES), cfg.head_width)
     pipe = speech.SpeechPipe(mean, std, d.device, cfg.row_drop)
     layer = int(folder.name.rsplit("layer", 1)[1])

@@ -222,7 +222,8 @@ def ensure_speech_cache(data_dir, videos, encoder: Encoder, backbone: str, chunk
 
 def load_speech_bank(folder: Path, videoids, has_audio) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every video's cached states in one (rows, D) float16 array with one zero row last (the
-    filler of windows past a video's ends, as utils.readers.audio.load_bank's floor column):
+    filler of windows past a video's ends, as utils.readers.audio.load_bank's floor column; the
+    caller sets it to its normalisation mean, so that it normalises to zero):
     (bank, offset, n_rows) with video i's row j at bank[offset[i] + j]. DataError naming a cache
     file that is missing, unreadable, of another width or not finite."""
     dim = int(read_json(folder / "speech.json")["dim"])
