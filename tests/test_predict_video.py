@@ -85,3 +85,14 @@ def test_a_video_named_like_a_two_person_txtid_keeps_its_videoid(tmp_path):
     frames, videos = video_tables([("interview_left", path, 10)], tmp_path / "crops", tmp_path / "data", 16000,
                                   WarningCounter())
     assert set(frames["videoid"]) == set(videos["videoid"]) == {"interview_left"}
+
+
+def test_an_audio_run_trained_at_another_sample_rate_is_refused(tmp_path):
+    """A log-mel run hears its mel grid at its own rate: 16 kHz sound would be placed wrongly."""
+    from types import SimpleNamespace
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "meta.json").write_text('{"sample_rate": 22050}')
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "meta.json").write_text('{"sample_rate": 16000}')
+    with pytest.raises(DataError, match="trained on sound at 22050 Hz.*pass --sample-rate 22050"):
+        Runner.audio(SimpleNamespace(data=tmp_path / "new"), tmp_path / "run", {"data": str(tmp_path / "train")})

@@ -113,6 +113,11 @@ class Runner:
         return dict(logits=out["logits"], features=out["features"])
 
     def audio(self, run: Path, cfg: dict) -> dict:
+        trained = Path(cfg.get("data", "")) / "meta.json"   # where the run's data still is
+        rate = read_json(self.data / "meta.json")["sample_rate"]
+        if trained.is_file() and (trained_rate := read_json(trained)["sample_rate"]) != rate:
+            raise DataError(f"{run}: trained on sound at {trained_rate} Hz, the videos are decoded at {rate} Hz; "
+                            f"pass --sample-rate {trained_rate}")
         ensure_spectrograms(self.data, cfg["n_fft"], cfg["hop"], cfg["n_mels"])
         folder = spec_folder(self.data, cfg["n_fft"], cfg["hop"], cfg["n_mels"])
         hop_seconds = read_json(folder / "spec.json")["hop_seconds"]
