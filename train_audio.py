@@ -33,7 +33,7 @@ from utils.training.data import ClassBalancedSampler, keep_batch, load_frames, l
 from utils.training.engine import Trainer, pick_precision, score, setup_distributed
 from utils.training.plan import Plan
 from utils.models.backbones import create_model, load_weights
-from utils.models.speech import SpeechHead
+from utils.models.speech import SpeechHead, TopLayers
 from utils.readers import speech
 from utils.evaluation.inference import predict_windows, windows_to_predict
 from utils.evaluation.preds import save_preds, skip_split
@@ -48,7 +48,13 @@ class AudioConfig:
     seed: int = 0
     backbone: str = field(default="logmel", metadata={"choices": ["logmel", *speech.SPEECH_BACKBONES],
                                                       "help": "audio features: log-mel windows, or a speech encoder"})
-    speech_layer: int = field(default=0, metadata={"help": "speech encoder: transformer layer cached (0: 2/3 up)"})
+    speech_layer: list[int] = field(default_factory=lambda: [0],
+                                    metadata={"help": "speech encoder: transformer layer(s) cached (0: 2/3 up); several: "
+                                                      "the head learns their weighted sum"})
+    finetune_layers: int = field(default=0, metadata={"help": "speech encoder: train the top N layers up to "
+                                                              "--speech-layer with the head (a GPU option; 0: frozen)"})
+    layer_decay: float = field(default=0.5, metadata={"help": "--finetune-layers: lr scale per layer down from the "
+                                                              "head (timm layer-wise decay)"})
     speech_chunk: float = field(default=30.0, metadata={"help": "speech encoder: seconds per pass (+5 s context each side)"})
     head_width: int = field(default=256, metadata={"help": "speech encoder: the head's feature width"})
     row_drop: float = field(default=0.1, metadata={"help": "speech encoder: share of a window's rows dropped in training"})
@@ -103,39 +109,51 @@ def loader_for(dataset, cfg, sampler=None, batch_size=None):
 
 def speech_inputs(cfg, d, frames, videos):
     """The speech-encoder path's (bank, offset, n_rows, video, start, width, head, pipe, config
-    extras): the cache is filled once (rank 0), normalised with train-only per-dimension statistics."""
-    folder = speech.cache_folder(cfg.data, cfg.backbone, speech.resolve_layer(cfg.backbone, cfg.speech_layer))
+    extras): the cache is filled once (rank 0) and normalised with train-only per-dimension
+    statistics; with --finetune-layers N it holds layer k - N, the input of the layers trained."""
+    try:
+        layers = speech.resolve_layers(cfg.backbone, cfg.speech_layer)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    n_top = cfg.finetune_layers
+    if n_top and (len(layers) > 1 or not 0 < n_top < layers[0]):
+        raise SystemExit(f"error: --finetune-layers {n_top} needs one --speech-layer above it (got {layers})")
+    cached = [layers[0] - n_top] if n_top else layers
+    folders = [speech.cache_folder(cfg.data, cfg.backbone, k) for k in cached]
     source = cfg.pretrained_path or ("random" if cfg.backbone == "tiny_random" else "hub")
-    speech.check_cache(folder, cfg.data, source)
+    for folder in folders:
+        speech.check_cache(folder, cfg.data, source)
+    encoder = None
     # a complete cache needs no encoder (nor its weights): another seed only trains the head
-    if d.main and (speech.missing_cache(folder, videos) or not (folder / "speech.json").exists()):
+    if n_top or (d.main and any(speech.missing_cache(f, videos) or not (f / "speech.json").exists() for f in folders)):
         with torch.random.fork_rng():   # building the encoder must not move the head's seeded draws
-            encoder = speech.build_encoder(cfg.backbone, cfg.speech_layer, cfg.pretrained_path, cfg.seed)
+            encoder = speech.build_encoder(cfg.backbone, cached, cfg.pretrained_path, cfg.seed)
+    if d.main and encoder is not None:
         speech.ensure_speech_cache(cfg.data, videos, encoder, cfg.backbone, cfg.speech_chunk, device=d.device,
                                    source=source)
-        del encoder
+    top = TopLayers(encoder.model, cached[0], layers[0]) if n_top else None
+    del encoder
     if d.world_size > 1:
         torch.distributed.barrier()
-    bank, offset, n_rows = speech.load_speech_bank(folder, videos["videoid"], videos["has_audio"])
+    bank, offset, n_rows = speech.load_speech_bank(folders, videos["videoid"], videos["has_audio"])
     video, start, width = frame_windows(frames, videos, cfg.window_frames, speech.HOP_SECONDS)
     train_videos = np.unique(video[(frames.split == "train").to_numpy()])
     mean, std = speech.speech_stats(bank, offset, n_rows, train_videos)   # train audio only
     # Rows past a video's ends read the bank's last row: the train average, which normalises to 0
     # (a zero state would normalise to -mean/std, a loud fake input at every video's start and end).
     bank[-1] = mean.astype(np.float16)
-    head = SpeechHead(2 * bank.shape[1], len(EXPR_CLASSES), cfg.head_width)
+    if n_top:   # the trained layers take the encoder's own states, not standardised ones
+        mean, std = np.zeros_like(mean), np.ones_like(std)
+    head = SpeechHead(bank.shape[1] // len(cached), len(EXPR_CLASSES), cfg.head_width, n_layers=len(cached), top=top)
     pipe = speech.SpeechPipe(mean, std, d.device, cfg.row_drop)
-    layer = int(folder.name.rsplit("layer", 1)[1])
-    return bank, offset, n_rows, video, start, width, head, pipe, dict(speech_cache=str(folder), speech_layer=layer)
+    return bank, offset, n_rows, video, start, width, head, pipe, dict(speech_cache=[str(f) for f in folders],
+                                                                         speech_layers=layers, cached_layers=cached)
 
 
 def main(argv=None):
     cfg = parse_config(AudioConfig, argv, description=__doc__.split("\n")[0], presets=PRESETS)
     if len(cfg.window_frames) != len(cfg.purity):
         raise SystemExit("error: --window-frames and --purity need one value per window length")
-    if cfg.backbone != "logmel" and not 0 <= cfg.speech_layer <= speech.num_layers(cfg.backbone):
-        raise SystemExit(f"error: --speech-layer {cfg.speech_layer}: {cfg.backbone} has layers 1.."
-                         f"{speech.num_layers(cfg.backbone)}")
     d = setup_distributed(cfg.device)
     run = run_dir(cfg.runs, "audio", cfg.name or (cfg.model if cfg.backbone == "logmel" else cfg.backbone), cfg.seed)
     if is_complete(run) and not (cfg.overwrite or cfg.predict_only):
@@ -182,7 +200,9 @@ def main(argv=None):
         run.mkdir(parents=True, exist_ok=True)
         save_config(run, asdict(cfg) | dict(precision=precision, world_size=d.world_size) | inputs)
         what = (f"{cfg.model} at {cfg.img_size}px on {cfg.n_mels}-mel windows" if cfg.backbone == "logmel" else
-                f"a {cfg.head_width}-wide head on {cfg.backbone} layer {inputs['speech_layer']} states, windows")
+                f"a {cfg.head_width}-wide head on {cfg.backbone} " + (
+                    f"layers {inputs['cached_layers'][0] + 1}-{inputs['speech_layers'][0]} fine-tuned" if cfg.finetune_layers
+                    else "layer " + "+".join(map(str, inputs["speech_layers"]))) + " states, windows")
         log(f"{run}: {what} of {cfg.window_frames} frames, {precision}, {d.world_size} x {d.device}")
 
     def windows_of(mask):
@@ -226,7 +246,8 @@ def main(argv=None):
                     {s: windows_to_predict(frames[m], video[m], cfg.predict_stride, n_windows)
                      for s in ("train", "val", "test") if (m := (frames.split == s).to_numpy()).any()},
                     note=f"predict stride {cfg.predict_stride}")
-        trainer = Trainer(model, cfg, run, d, precision, step, evaluate, plan=plan)
+        trainer = Trainer(model, cfg, run, d, precision, step, evaluate, plan=plan,
+                          layer_decay=cfg.layer_decay if cfg.finetune_layers else None)
         trainer.fit(loader_for(dataset, cfg, sampler), sampler)
     if not (run / "best.pt").exists():
         raise SystemExit(f"error: {run / 'best.pt'} not found: nothing to predict with")
@@ -252,6 +273,10 @@ def main(argv=None):
     if d.main:
         metrics = dict(val_macro_f1=scored["macro_f1"], val_per_class_f1=dict(zip(EXPR_CLASSES, scored["per_class_f1"])),
                        best_epoch=best.get("epoch"), windows_kept=kept, predict_stride=cfg.predict_stride)
+        if getattr(model, "layer_weights", None) is not None:   # which layers the head leaned on
+            weights = model.layer_weights.detach().softmax(0).cpu().numpy().round(4).tolist()
+            metrics["speech_layer_weights"] = dict(zip(map(str, inputs["cached_layers"]), weights))
+            log("learnt layer weights: " + ", ".join(f"{k} {w:.3f}" for k, w in metrics["speech_layer_weights"].items()))
         table(f"{run.name}: val F1, every frame", ["", *EXPR_CLASSES, "macro"],
               [["F1", *scored["per_class_f1"], scored["macro_f1"]]])
         write_json(run / "metrics.json", metrics)

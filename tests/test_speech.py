@@ -123,6 +123,72 @@ def test_speech_preds_feed_the_fusion(demo_data, image_run, tmp_path, monkeypatc
     assert (again / "preds" / "val.npz").exists()
 
 
+def tiny_three_layers(wavlm: bool) -> torch.nn.Module:
+    import torchaudio
+    torch.manual_seed(0)
+    params = dict(speech.TINY, encoder_num_layers=3)
+    if wavlm:
+        return torchaudio.models.wavlm_model(**params, encoder_num_buckets=32, encoder_max_distance=64).eval()
+    return torchaudio.models.wav2vec2_model(**params).eval()
+
+
+@pytest.mark.parametrize("wavlm", [False, True], ids=["wav2vec2", "wavlm"])
+def test_fine_tuned_layers_on_cached_states_are_the_encoders_own_upper_layers(wavlm):
+    """--finetune-layers trains copies of layers k-N+1..k on cached layer k-N states: before any
+    step they must give the encoder's own layer k (WavLM: with its shared relative position bias),
+    and rows padded into a batch must not change the window's own rows."""
+    from utils.models.speech import TopLayers
+    model = tiny_three_layers(wavlm)
+    states = torch.from_numpy(speech.encode(speech.Encoder(model, [1, 3], False), signal(3.0)).astype(np.float32))
+    layer1, layer3 = states[:, :32], states[:, 32:]
+    top = TopLayers(model, 1, 3).eval()
+    with torch.no_grad():
+        out = top(layer1[None], torch.zeros(1, len(layer1), dtype=torch.bool))[0]
+        padded = torch.cat([layer1, 5 * torch.randn(17, 32)])[None]
+        pad = torch.arange(padded.shape[1])[None] >= len(layer1)
+        out_padded = top(padded, pad)[0, :len(layer1)]
+    # float16 cache: the states in are rounded, so agreement is to float16 precision
+    np.testing.assert_allclose(out.numpy(), layer3.numpy(), atol=0.02 * layer3.abs().max().item())
+    np.testing.assert_allclose(out_padded.numpy(), out.numpy(), atol=1e-5)
+    assert all(p.requires_grad for p in top.layers.parameters())
+    assert top.bias is None or not any(p.requires_grad for p in top.bias.parameters())
+    with pytest.raises(ValueError):
+        TopLayers(model, 3, 3)
+
+
+def test_several_layers_are_cached_once_each_and_the_head_learns_their_weights(demo_data, tmp_path):
+    one = train_audio.main(["--data", str(demo_data), "--runs", str(tmp_path), "--name", "one", *SPEECH_RUN,
+                            "--speech-layer", "1"])
+    layer1 = {f.name: np.load(f) for f in (demo_data / "speech" / "tiny_random_layer1").glob("*.npy")}
+    run = train_audio.main(["--data", str(demo_data), "--runs", str(tmp_path), "--name", "both", *SPEECH_RUN,
+                            "--speech-layer", "2", "1"])
+    for name, states in layer1.items():   # one file per layer: a layer already cached is not encoded again
+        assert np.array_equal(np.load(demo_data / "speech" / "tiny_random_layer1" / name), states)
+        assert np.load(demo_data / "speech" / "tiny_random_layer2" / name).shape == states.shape
+    weights = json.loads((run / "metrics.json").read_text())["speech_layer_weights"]
+    assert list(weights) == ["1", "2"] and abs(sum(weights.values()) - 1) < 1e-3
+    assert weights["1"] != weights["2"]   # trained away from the uniform start
+    p = np.load(run / "preds" / "val.npz", allow_pickle=False)
+    assert p["features"].shape[1:] == (3, 16) and np.isfinite(p["logits"]).all()
+    assert not np.array_equal(p["logits"], np.load(one / "preds" / "val.npz")["logits"])
+
+
+def test_fine_tuning_the_top_layer_trains_it_from_the_layer_below(demo_data, tmp_path):
+    with pytest.raises(SystemExit, match="--finetune-layers 2 needs one --speech-layer above it"):
+        train_audio.main(["--data", str(demo_data), "--runs", str(tmp_path), *SPEECH_RUN, "--speech-layer", "2",
+                          "--finetune-layers", "2"])
+    run = train_audio.main(["--data", str(demo_data), "--runs", str(tmp_path), *SPEECH_RUN, "--speech-layer", "2",
+                            "--finetune-layers", "1"])
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["cached_layers"] == [1] and config["speech_layers"] == [2]
+    trained = torch.load(run / "best.pt", weights_only=True)["model"]
+    pretrained = speech.build_encoder("tiny_random", 2, seed=0).model.encoder.transformer.layers[1].state_dict()
+    moved = [k for k, v in pretrained.items() if not torch.equal(trained[f"top.layers.0.{k}"], v)]
+    assert moved, "the fine-tuned layer did not move from the encoder's weights"
+    p = np.load(run / "preds" / "val.npz", allow_pickle=False)
+    assert p["features"].shape[1:] == (3, 16) and np.isfinite(p["logits"]).all()
+
+
 def test_encoder_path_runs_end_to_end_on_real_speech(real_speech, tmp_path):
     """Two real actors (one train, one speaker-disjoint val) through prepare_data and the speech
     path. Random weights: this shows the path runs on real recordings, not that it learns."""
@@ -156,7 +222,7 @@ def test_pretrained_path_loads_a_base_encoder_saved_from_its_bundle(tmp_path):
         model.encoder.feature_projection.projection.bias.fill_(0.25)
     torch.save(model.state_dict(), tmp_path / "w2v.pt")
     enc = speech.build_encoder("wav2vec2_base", 0, str(tmp_path / "w2v.pt"))
-    assert enc.dim == 768 and enc.layer == 8
+    assert enc.dim == 768 and enc.layers == (8,)
     assert (enc.model.encoder.feature_projection.projection.bias == 0.25).all()
 
 

@@ -17,6 +17,7 @@ convolutional features are the same as in one pass and only the attention's far 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,23 +56,28 @@ def is_speech(backbone: str) -> bool:
 
 class Encoder(torch.nn.Module):
     """A frozen torchaudio Wav2Vec2Model and how its input is normalised. forward(wave (1, n)
-    float32 at 16 kHz) -> (rows, D) float32 hidden states of `layer` (1-based transformer layer)."""
+    float32 at 16 kHz) -> (rows, len(layers) * D) float32: the hidden states of each of `layers`
+    (1-based transformer layers, ascending; an int is one layer), side by side."""
 
-    def __init__(self, model: torch.nn.Module, layer: int, normalize: bool):
+    def __init__(self, model: torch.nn.Module, layers: int | Sequence[int], normalize: bool):
         super().__init__()
         self.model, self.normalize = model.eval().requires_grad_(False), normalize
         self.num_layers = len(model.encoder.transformer.layers)
-        if not 1 <= layer <= self.num_layers:
-            raise ValueError(f"layer {layer} outside 1..{self.num_layers}")
-        self.layer = layer
+        self.layers = tuple(sorted({layers} if isinstance(layers, int) else set(layers)))
+        if not self.layers or not all(1 <= k <= self.num_layers for k in self.layers):
+            raise ValueError(f"layers {list(self.layers)} outside 1..{self.num_layers}")
         self.dim = model.encoder.feature_projection.projection.out_features
+
+    @property
+    def width(self) -> int:
+        return self.dim * len(self.layers)
 
     @torch.no_grad()
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         if self.normalize:   # the large LV-60k / XLSR / WavLM-large models were trained on unit-variance input
             wave = F.layer_norm(wave, wave.shape[-1:])
-        states, _ = self.model.extract_features(wave, num_layers=self.layer)
-        return states[-1][0]
+        states, _ = self.model.extract_features(wave, num_layers=self.layers[-1])
+        return torch.cat([states[k - 1][0] for k in self.layers], -1)
 
 
 def default_layer(num_layers: int) -> int:
@@ -88,10 +94,12 @@ def architecture(backbone: str) -> tuple[torch.nn.Module, bool]:
     return factory(**bundle._params), bool(bundle._normalize_waveform)
 
 
-def build_encoder(backbone: str, layer: int = 0, pretrained_path: str | None = None, seed: int = 0) -> Encoder:
-    """The frozen encoder for a --backbone name. Weights: `pretrained_path` (a state dict saved from
-    the bundle's model, bare or under 'model'), else the torchaudio hub download; 'tiny_random' is
-    seeded random. layer 0 picks default_layer. DataError if the file does not fit the architecture."""
+def build_encoder(backbone: str, layer: int | Sequence[int] = 0, pretrained_path: str | None = None,
+                  seed: int = 0) -> Encoder:
+    """The frozen encoder for a --backbone name, giving the states of `layer` (an int, or several
+    layers; 0 picks default_layer). Weights: `pretrained_path` (a state dict saved from the bundle's
+    model, bare or under 'model'), else the torchaudio hub download; 'tiny_random' is seeded random.
+    DataError if the file does not fit the architecture."""
     if backbone == "tiny_random":
         torch.manual_seed(seed)
         model, normalize = torchaudio.models.wav2vec2_model(**TINY), False
@@ -116,7 +124,8 @@ def build_encoder(backbone: str, layer: int = 0, pretrained_path: str | None = N
         except RuntimeError as err:
             raise DataError(f"{pretrained_path}: not a {backbone} state dict ({str(err).splitlines()[0]})") from None
     n_layers = len(model.encoder.transformer.layers)
-    return Encoder(model, layer or default_layer(n_layers), normalize)
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    return Encoder(model, [k or default_layer(n_layers) for k in layers], normalize)
 
 
 def num_layers(backbone: str) -> int:
@@ -128,13 +137,14 @@ def num_layers(backbone: str) -> int:
     raise ValueError(f"unknown speech encoder {backbone!r}; one of {SPEECH_BACKBONES}")
 
 
-def resolve_layer(backbone: str, layer: int = 0) -> int:
-    """The layer a --backbone / --speech-layer pair caches (0: default_layer), without building it;
-    ValueError outside 1..num_layers."""
+def resolve_layers(backbone: str, layers: Sequence[int] = (0,)) -> list[int]:
+    """The layers (ascending, distinct) a --backbone / --speech-layer pair names (0: default_layer),
+    without building the encoder; ValueError outside 1..num_layers or for none."""
     n = num_layers(backbone)
-    if not 0 <= layer <= n:
-        raise ValueError(f"--speech-layer {layer}: {backbone} has layers 1..{n}")
-    return layer or default_layer(n)
+    bad = [k for k in layers if not 0 <= k <= n]
+    if bad or not len(layers):
+        raise ValueError(f"--speech-layer {' '.join(map(str, bad or layers)) or '(none)'}: {backbone} has layers 1..{n}")
+    return sorted({k or default_layer(n) for k in layers})
 
 
 def n_rows(n_samples: int) -> int:
@@ -144,14 +154,15 @@ def n_rows(n_samples: int) -> int:
 @torch.no_grad()
 def encode(encoder: Encoder, samples: np.ndarray, chunk_seconds: float = 30.0, context_seconds: float = 5.0,
            device: torch.device | str = "cpu") -> np.ndarray:
-    """Hidden states (n_rows(len(samples)), D) float16 of a mono 16 kHz track, row j centred at
-    j * 0.02 s. Chunks of chunk_seconds see context_seconds more audio each side (dropped rows)."""
+    """Hidden states (n_rows(len(samples)), encoder.width) float16 of a mono 16 kHz track (one
+    layer: width D), row j centred at j * 0.02 s. Chunks of chunk_seconds see context_seconds more
+    audio each side (dropped rows)."""
     samples = np.asarray(samples, dtype=np.float32)
     total = n_rows(len(samples))
     padded = np.pad(samples, (RECEPTIVE // 2, RECEPTIVE // 2))
     chunk = max(1, int(round(chunk_seconds / HOP_SECONDS)))
     context = max(0, int(round(context_seconds / HOP_SECONDS)))
-    out = np.zeros((total, encoder.dim), np.float16)
+    out = np.zeros((total, encoder.width), np.float16)
     for a in range(0, total, chunk):
         b = min(a + chunk, total)
         s, e = max(a - context, 0), min(b + context, total)
@@ -194,41 +205,62 @@ def check_cache(folder: Path, data_dir, source: str) -> None:
 
 
 def ensure_speech_cache(data_dir, videos, encoder: Encoder, backbone: str, chunk_seconds: float = 30.0,
-                        context_seconds: float = 5.0, device="cpu", source: str = "") -> Path:
-    """Encode every video with sound that has no up-to-date cache file: data/speech/<backbone>_layer<k>/
-    <videoid>.npy (rows, D) float16 and speech.json (hop_seconds 0.02, dim, layer, weights' source),
-    written last. `videos` is videos.parquet's table (videoid, has_audio, audio_path). DataError on
-    an unreadable track."""
-    out = cache_folder(data_dir, backbone, encoder.layer)
-    check_cache(out, data_dir, source)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = missing_cache(out, videos)
+                        context_seconds: float = 5.0, device="cpu", source: str = "") -> list[Path]:
+    """Encode every video with sound that lacks an up-to-date cache file in any of the encoder's
+    layers' folders, in one pass per video: data/speech/<backbone>_layer<k>/<videoid>.npy (rows, D)
+    float16 and speech.json (hop_seconds 0.02, dim, layer, weights' source), written last.
+    `videos` is videos.parquet's table (videoid, has_audio, audio_path). Returns the folders, in
+    the encoder's layer order. DataError on an unreadable track."""
+    folders = [cache_folder(data_dir, backbone, k) for k in encoder.layers]
+    for out in folders:
+        check_cache(out, data_dir, source)
+        out.mkdir(parents=True, exist_ok=True)
+    todo = {}
+    for out in folders:
+        for videoid, path, _ in missing_cache(out, videos):
+            todo[videoid] = path
     encoder.to(device)
-    for videoid, path, target in track(todo, total=len(todo), description=f"{backbone} layer {encoder.layer}",
-                                       unit="videos"):
+    layers = "+".join(map(str, encoder.layers))
+    for videoid, path in track(list(todo.items()), total=len(todo), description=f"{backbone} layer {layers}",
+                               unit="videos"):
         try:
             samples = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: cannot be read ({err}); run prepare_data.py --force") from None
         states = encode(encoder, samples, chunk_seconds, context_seconds, device)
-        tmp = target.with_suffix(".tmp.npy")
-        np.save(tmp, states)
-        tmp.replace(target)
-    write_json(out / "speech.json", dict(backbone=backbone, layer=encoder.layer, dim=encoder.dim,
-                                         hop_seconds=HOP_SECONDS, sample_rate=SAMPLE_RATE, weights=source,
-                                         time_axis="row j is centred at j * hop_seconds on the video clock"))
-    return out
+        for j, out in enumerate(folders):
+            target = out / f"{videoid}.npy"
+            tmp = target.with_suffix(".tmp.npy")
+            np.save(tmp, np.ascontiguousarray(states[:, j * encoder.dim:(j + 1) * encoder.dim]))
+            tmp.replace(target)
+    for layer, out in zip(encoder.layers, folders):
+        write_json(out / "speech.json", dict(backbone=backbone, layer=layer, dim=encoder.dim,
+                                             hop_seconds=HOP_SECONDS, sample_rate=SAMPLE_RATE, weights=source,
+                                             time_axis="row j is centred at j * hop_seconds on the video clock"))
+    return folders
 
 
-def load_speech_bank(folder: Path, videoids, has_audio) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every video's cached states in one (rows, D) float16 array with one zero row last (the
-    filler of windows past a video's ends, as utils.readers.audio.load_bank's floor column; the
-    caller sets it to its normalisation mean, so that it normalises to zero):
-    (bank, offset, n_rows) with video i's row j at bank[offset[i] + j]. DataError naming a cache
-    file that is missing, unreadable, of another width or not finite."""
-    dim = int(read_json(folder / "speech.json")["dim"])
-    return load_rows(folder, videoids, has_audio, dim, stored_transposed=False, filler=0.0,
-                     again="delete it and run again")
+def load_speech_bank(folders: Sequence[Path], videoids, has_audio) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every video's cached states of the given layers' folders side by side in one
+    (rows, len(folders) * D) float16 array with one zero row last (the filler of windows past a
+    video's ends, as utils.readers.audio.load_bank's floor column; the caller sets it to its
+    normalisation mean, so that it normalises to zero): (bank, offset, n_rows) with video i's row j
+    at bank[offset[i] + j]. DataError naming a cache file that is missing, unreadable, of another
+    width, of another length than the first layer's, or not finite."""
+    banks = []
+    for folder in folders:
+        dim = int(read_json(folder / "speech.json")["dim"])
+        banks.append(load_rows(folder, videoids, has_audio, dim, stored_transposed=False, filler=0.0,
+                               again="delete it and run again"))
+    bank, offset, n = banks[0]
+    for folder, (other, _, other_n) in zip(folders[1:], banks[1:]):
+        if not np.array_equal(other_n, n):
+            i = int(np.flatnonzero(other_n != n)[0])
+            raise DataError(f"{folder / (str(list(videoids)[i]) + '.npy')}: {other_n[i]} rows, the other layers have "
+                            f"{n[i]}; delete it and run again")
+    if len(banks) > 1:
+        bank = np.concatenate([b for b, _, _ in banks], axis=1)
+    return bank, offset, n
 
 
 def speech_stats(bank, offset, n, videos_used) -> tuple[np.ndarray, np.ndarray]:
@@ -239,23 +271,21 @@ def speech_stats(bank, offset, n, videos_used) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SpeechPipe:
-    """Gathered windows (B, D, W) float16 with their widths -> (B, 2D) on the device: the mean and
-    std over each window's own rows of the normalised states (the same call as AudioPipe)."""
+    """Gathered windows (B, L * D, W) float16 with their widths -> (states (B, L * D, W) float32
+    normalised per dimension, keep (B, W) float32: 1 for the window's own rows) on the device, for
+    utils.models.speech.SpeechHead, which pools them (the same call as AudioPipe). In training a
+    share `drop` of each window's rows is dropped at random (at least one kept)."""
 
     def __init__(self, mean, std, device: torch.device, drop: float = 0.0):
         self.mean = torch.as_tensor(mean, device=device)[None, :, None]
         self.std = torch.as_tensor(std, device=device)[None, :, None]
         self.device, self.drop = device, drop
 
-    def __call__(self, states: torch.Tensor, widths: torch.Tensor, train: bool = False) -> torch.Tensor:
+    def __call__(self, states: torch.Tensor, widths: torch.Tensor, train: bool = False):
         x = (states.to(self.device).float() - self.mean) / self.std
         w = widths.to(self.device)
         keep = (torch.arange(x.shape[-1], device=self.device)[None] < w[:, None]).float()
-        if train and self.drop > 0:   # drop rows at random (at least one kept): a time-domain augmentation
+        if train and self.drop > 0:   # a time-domain augmentation
             keep = keep * (torch.rand_like(keep) >= self.drop).float()
             keep[:, 0] = torch.where(keep.sum(1) == 0, 1.0, keep[:, 0])
-        keep = keep[:, None]
-        count = keep.sum(-1).clamp(min=1)
-        mean = (x * keep).sum(-1) / count
-        var = (((x - mean[..., None]) * keep) ** 2).sum(-1) / count
-        return torch.cat([mean, var.clamp(min=1e-6).sqrt()], 1)
+        return x, keep

@@ -171,14 +171,17 @@ class Trainer:
     ETA_AFTER = 60.0   # seconds of training before the first whole-run ETA
 
     def __init__(self, model, cfg, run: Path, d: Dist, precision: str, step_fn, evaluate_fn,
-                 class_weights: torch.Tensor | None = None, metric: str = "macro-F1", plan: Plan | None = None):
+                 class_weights: torch.Tensor | None = None, metric: str = "macro-F1", plan: Plan | None = None,
+                 layer_decay: float | None = None):
         self.plan = plan
         # evaluate_fn's 'macro_f1' is the selection score; `metric` names it in the log (DFEW: UAR).
         self.cfg, self.run, self.d, self.precision, self.metric = cfg, Path(run), d, precision, metric
         self.model = model.to(d.device)
         if getattr(cfg, "grad_checkpointing", False) and hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
-        self.optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # layer_decay: timm's layer-wise lr decay over model.group_matcher's groups (BEiT, Bao et al. 2022)
+        self.optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                             layer_decay=layer_decay)
         self.ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
         self.scaler = torch.amp.GradScaler(enabled=precision == "fp16")
         self.net = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[d.device] if d.device.type == "cuda" else None)
@@ -307,7 +310,7 @@ class Trainer:
                 self.best, self.best_epoch, self.bad_epochs = val["macro_f1"], epoch, 0
             else:
                 self.bad_epochs += 1
-            record = dict(epoch=epoch, train_loss=total_loss / max(seen, 1), lr=self.optimizer.param_groups[0]["lr"],
+            record = dict(epoch=epoch, train_loss=total_loss / max(seen, 1), lr=max(g["lr"] for g in self.optimizer.param_groups),
                           images_per_s=seen * d.world_size / seconds, seconds=seconds, replaced_crops=replaced,
                           val_macro_f1=val["macro_f1"], selection_metric=self.metric, val_per_class_f1=val["per_class_f1"],
                           drawn_per_class=getattr(sampler, "draw_counts", np.array([])).tolist())
