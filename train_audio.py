@@ -2,6 +2,7 @@
 
 Usage: python train_audio.py --data data/affwild2 --seed 0 [--model swin_tiny_patch4_window7_224]
        python train_audio.py --data data/affwild2 --seed 0 --backbone wavlm_base_plus [--pretrained-path F]
+                             [--speech-layer 4 6 8 10 12 | --speech-layer 8 --finetune-layers 2]
        torchrun --nproc_per_node=4 train_audio.py --data data/affwild2 --seed 0
 
 Each frame has three windows centred on it (32, 48 and 64 frames by default). Training keeps a
@@ -14,7 +15,9 @@ Audio features (--backbone): `logmel` (default) trains the timm --model on log-m
 a speech encoder (wav2vec2_base, hubert_base, wavlm_base_plus, wavlm_large, ... see
 utils/readers/speech.py) runs frozen once per video, its --speech-layer is cached float16 at 50 Hz
 in data/speech/, and a small head (utils/models/speech.py) learns from the mean and std of each
-window's cached rows. Weights download from the torchaudio hub, or --pretrained-path FILE offline.
+window's cached rows; several layers: from their learnt weighted sum; --finetune-layers N: the
+cache holds layer k-N and the top N layers train with the head. Weights download from the
+torchaudio hub, or --pretrained-path FILE offline.
 """
 from __future__ import annotations
 

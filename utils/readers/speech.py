@@ -1,7 +1,7 @@
 """Self-supervised speech encoders (wav2vec 2.0, HuBERT, WavLM from torchaudio.pipelines) as audio
-features: a frozen encoder runs once per video over its 16 kHz track and the hidden states of one
-layer are cached float16 at 50 Hz (one row per 20 ms), so that training a head on them never runs
-the encoder again.
+features: a frozen encoder runs once per video over its 16 kHz track and the hidden states of the
+layers asked for are cached float16 at 50 Hz (one row per 20 ms, one folder per layer), so that
+training a head on them never runs the encoder again.
 
 Time axis: the track is padded with 200 samples of silence at each end (half the 400-sample
 receptive field of the convolutional front end, stride 320), so row j is centred at j * 0.02 s on
