@@ -1,11 +1,14 @@
 """The audio branch on real emotional speech: RAVDESS actors in the Aff-Wild2 layout (../shared/real/).
 
 Usage: python benchmarks/bench_real_speech.py [--configs demo,strong] [--work /tmp/bench_real_speech]
+       python benchmarks/bench_real_speech.py --val 'ravdess-actor0[1-4]' --work /tmp/rs_fold1   # other val speakers
        python benchmarks/bench_real_speech.py --configs speech --speech-backbone wavlm_base_plus --pretrained-path F
 
 Prepares ../shared/real/ravdess_speech (prepare_data.py --dataset affwild2: no crops, no test
 split), trains train_audio.py once per configuration with --seed and scores the speaker-disjoint
-validation actors (13-16) from the run's preds/val.npz:
+validation actors (13-16; --val PATTERN moves the label files whose names match it to the
+validation split and every other one to train, in a tree of links under --work) from the run's
+preds/val.npz:
   macro-F1 and per-class F1 over every labelled frame; utterance accuracy (an utterance is a run
   of one label between -1 gaps; its prediction is the majority vote of its frames' argmax);
   chance (uniform random guessing: class c's expected F1 is 2 p_c / 8 / (p_c + 1/8), p_c its
@@ -19,6 +22,7 @@ Writes <work>/bench_real_speech.json.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import subprocess
 import sys
 import time
@@ -78,11 +82,34 @@ def score_run(run: Path, train_majority: int) -> dict:
                 majority_utterance=float((truth == train_majority).mean()))
 
 
+def resplit(real: Path, pattern: str, out: Path) -> Path:
+    """A tree of links to `real` whose Validation_Set holds the label files matching `pattern`
+    (fnmatch on the name without .txt) and whose Train_Set holds the others; SystemExit if the
+    pattern matches none or all of them."""
+    labels = sorted((real / "annotations" / "EXPR_Recognition_Challenge").glob("*_Set/*.txt"))
+    val = [f for f in labels if fnmatch.fnmatch(f.stem, pattern)]
+    if not val or len(val) == len(labels):
+        raise SystemExit(f"error: --val {pattern!r} matches {len(val)} of the {len(labels)} label files of {real}")
+    for split in ("Train_Set", "Validation_Set"):
+        folder = out / "annotations" / "EXPR_Recognition_Challenge" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink()
+    for f in labels:
+        split = "Validation_Set" if f in val else "Train_Set"
+        (out / "annotations" / "EXPR_Recognition_Challenge" / split / f.name).symlink_to(f.resolve())
+    for entry in real.iterdir():
+        if entry.name != "annotations" and not (out / entry.name).exists():
+            (out / entry.name).symlink_to(entry.resolve())
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--real", default=str(ROOT.parent / "shared" / "real" / "ravdess_speech"))
     ap.add_argument("--work", default="/tmp/bench_real_speech")
     ap.add_argument("--configs", default="demo,strong")
+    ap.add_argument("--val", default="", help="fnmatch pattern of the val videos (default: the tree's own split)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speech-backbone", default="tiny_random")
     ap.add_argument("--pretrained-path", default="")
@@ -90,12 +117,19 @@ def main(argv=None):
     work, real = Path(args.work), Path(args.real)
     if not real.is_dir():
         raise SystemExit(f"error: {real} not found (the shared real-media tree; see ../shared/real/README.md)")
+    if args.val:
+        real = resplit(real, args.val, work / "tree")
     data = work / "data"
     if not (data / "frames.parquet").exists():
         subprocess.run([sys.executable, str(ROOT / "prepare_data.py"), "--dataset", "affwild2", "--root", str(real),
                         "--out", str(data), "--jobs", "2"], check=True)
     import pandas as pd
-    frames = pd.read_parquet(data / "frames.parquet", columns=["split", "label"])
+    frames = pd.read_parquet(data / "frames.parquet", columns=["videoid", "split", "label"])
+    val_videos = sorted(frames.videoid[frames.split == "val"].unique())
+    wanted = sorted(f.stem for f in (real / "annotations" / "EXPR_Recognition_Challenge" / "Validation_Set").glob("*.txt"))
+    if val_videos != wanted:
+        raise SystemExit(f"error: {data} was prepared with another validation split ({', '.join(val_videos)}); "
+                         f"give this split its own --work")
     train_labels = frames.label[(frames.split == "train") & (frames.label >= 0)].to_numpy()
     train_majority = int(np.bincount(train_labels, minlength=len(EXPR_CLASSES)).argmax())
     speech = ["--backbone", args.speech_backbone] + (["--pretrained-path", args.pretrained_path]
@@ -118,11 +152,11 @@ def main(argv=None):
     rows += [["chance", r["chance_macro_f1"], *[""] * len(EXPR_CLASSES), r["chance_utterance"], ""],
              [f"majority ({EXPR_CLASSES[train_majority]})", r["majority_macro_f1"], *[""] * len(EXPR_CLASSES),
               r["majority_utterance"], ""]]
-    table(f"real speech, speaker-disjoint val (actors 13-16, {r['frames']:,} labelled frames, "
+    table(f"real speech, val videos {', '.join(val_videos)} ({r['frames']:,} labelled frames, "
           f"{r['utterances']} utterances), seed {args.seed}",
           ["", "macro-F1", *EXPR_CLASSES, "utt. acc", "min"], rows)
     write_json(work / "bench_real_speech.json", dict(seed=args.seed, train_majority=EXPR_CLASSES[train_majority],
-                                                     results=results))
+                                                     val_videos=val_videos, results=results))
     log(f"wrote {work / 'bench_real_speech.json'}")
 
 
