@@ -215,21 +215,21 @@ def ensure_speech_cache(data_dir, videos, encoder: Encoder, backbone: str, chunk
     for out in folders:
         check_cache(out, data_dir, source)
         out.mkdir(parents=True, exist_ok=True)
-    todo = {}
-    for out in folders:
+    todo: dict[str, tuple[str, list[int]]] = {}   # videoid -> (audio path, which layers it lacks)
+    for j, out in enumerate(folders):
         for videoid, path, _ in missing_cache(out, videos):
-            todo[videoid] = path
+            todo.setdefault(videoid, (path, []))[1].append(j)
     encoder.to(device)
     layers = "+".join(map(str, encoder.layers))
-    for videoid, path in track(list(todo.items()), total=len(todo), description=f"{backbone} layer {layers}",
-                               unit="videos"):
+    for videoid, (path, lacking) in track(list(todo.items()), total=len(todo), description=f"{backbone} layer {layers}",
+                                          unit="videos"):
         try:
             samples = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: cannot be read ({err}); run prepare_data.py --force") from None
         states = encode(encoder, samples, chunk_seconds, context_seconds, device)
-        for j, out in enumerate(folders):
-            target = out / f"{videoid}.npy"
+        for j in lacking:   # a layer cached by an earlier run stays as it is
+            target = folders[j] / f"{videoid}.npy"
             tmp = target.with_suffix(".tmp.npy")
             np.save(tmp, np.ascontiguousarray(states[:, j * encoder.dim:(j + 1) * encoder.dim]))
             tmp.replace(target)
