@@ -52,6 +52,16 @@ def fusion_run(image_run, audio_run, demo_data, tmp_path_factory) -> Path:
                               "--data", str(demo_data), "--runs", str(runs)])
 
 
+@pytest.fixture
+def no_curves(monkeypatch):
+    """Train without redrawing curves.png: the Trainer redraws it with matplotlib after every
+    epoch (about 0.3 s on 2 cores), most of the time of a small model's many short epochs.
+    For tests that assert what training learns or writes, not the plot (tests/test_progress.py
+    and tests/test_defaults.py test the curves)."""
+    from utils.training import engine
+    monkeypatch.setattr(engine, "plot_curves", lambda run, title=None: None)
+
+
 def shared_real(name: str) -> Path:
     """../shared/real/<name>, or a skip saying why: the real recordings live beside the repository
     (README there), not in a user's clone."""

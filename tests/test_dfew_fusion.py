@@ -54,6 +54,7 @@ def complementary(tmp_path_factory):
     return root, image, audio
 
 
+@pytest.mark.usefixtures("no_curves")
 def test_fused_model_beats_each_single_stream_model(complementary):
     root, image, audio = complementary
 

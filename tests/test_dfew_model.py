@@ -126,6 +126,7 @@ def train(dfew, name, *argv):
                               "--runs", str(dfew / "runs"), "--name", name, *argv])
 
 
+@pytest.mark.usefixtures("no_curves")
 def test_temporal_beats_frame_average_and_never_selects_on_the_test_fold(dfew, keypoints):
     """Twin classes show the same faces in opposite order: an average of frames cannot tell them
     apart (best UAR about 4/7), a model over time can."""
@@ -149,6 +150,7 @@ def test_temporal_beats_frame_average_and_never_selects_on_the_test_fold(dfew, k
     assert metrics["mean_test_uar"] == pytest.approx(np.mean([f["test_uar"] for f in metrics["folds"]]))
 
 
+@pytest.mark.usefixtures("no_curves")
 def test_ablation_is_one_command_and_the_same_seed_gives_the_same_numbers(dfew, keypoints):
     audio = dfew / "runs" / "features" / "logmel"
     if not (audio / "metrics.json").exists():
@@ -231,6 +233,7 @@ def test_image_model_fine_tuned_on_a_fold_learns_only_from_its_training_clips(df
     assert load(features)["features"].shape[1] == 256   # test_efficientnet's pooled feature, not its head
 
 
+@pytest.mark.usefixtures("no_curves")
 def test_clip_model_takes_each_folds_own_generator_and_refuses_a_leaking_one(dfew, fine_tuned):
     _, features = fine_tuned
     template = str(features).replace("fold1", "fold{fold}")
