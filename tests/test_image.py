@@ -47,11 +47,11 @@ def test_prediction_files_cover_every_frame_in_order(image_run, demo_data):
             np.testing.assert_array_equal(preds["logits"][i], preds["logits"][j])
 
 
+@pytest.mark.usefixtures("no_curves")
 def test_killed_run_resumes_to_the_same_result_and_same_seed_same_predictions(demo_data, tmp_path, monkeypatch):
     # EMA and gradient accumulation on: their state must survive the restart too.
     args = TINY + ["--data", str(demo_data), "--ema", "--ema-decay", "0.9", "--accum-steps", "2"]
     straight = train_image.main(args + ["--runs", str(tmp_path / "a")])
-    again = train_image.main(args + ["--runs", str(tmp_path / "c")])
     original = engine.append_jsonl
 
     def killed_after_first_epoch(path, record):
@@ -71,10 +71,11 @@ def test_killed_run_resumes_to_the_same_result_and_same_seed_same_predictions(de
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
     assert a["updates"] == b["updates"] == 2 * -(-240 // (64 * 2))   # 2 epochs of 240 frames
     assert json.loads((straight / "metrics.json").read_text()) == json.loads((resumed / "metrics.json").read_text())
+    # The killed run started from scratch with the same seed: the same predictions, bit for bit.
     for split in ("val", "test"):
-        pa, pc = load_preds(straight / "preds" / f"{split}.npz"), load_preds(again / "preds" / f"{split}.npz")
-        np.testing.assert_array_equal(pa["logits"], pc["logits"])
-        np.testing.assert_array_equal(pa["features"], pc["features"])
+        pa, pb = load_preds(straight / "preds" / f"{split}.npz"), load_preds(resumed / "preds" / f"{split}.npz")
+        np.testing.assert_array_equal(pa["logits"], pb["logits"])
+        np.testing.assert_array_equal(pa["features"], pb["features"])
 
 
 def test_complete_run_is_skipped_unless_overwrite(image_run, demo_data, capsys):
@@ -168,8 +169,9 @@ def test_torchrun_two_processes_write_one_complete_prediction_set(demo_data, tmp
     import sys
     from pathlib import Path
     torchrun = Path(sys.executable).with_name("torchrun")
-    out = subprocess.run([str(torchrun), "--nproc_per_node=2", "train_image.py", *TINY, "--workers", "0",
-                          "--data", str(demo_data), "--runs", str(tmp_path)],
+    # One epoch: what is shared between the ranks (the draw, the logs, the predictions) is the same in each.
+    out = subprocess.run([str(torchrun), "--nproc_per_node=2", "train_image.py", *TINY, "--epochs", "1",
+                          "--workers", "0", "--data", str(demo_data), "--runs", str(tmp_path)],
                          cwd=Path(train_image.__file__).parent, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     run = tmp_path / "image" / "test_efficientnet_seed3"
@@ -177,7 +179,7 @@ def test_torchrun_two_processes_write_one_complete_prediction_set(demo_data, tmp
     preds = load_preds(run / "preds" / "val.npz")
     np.testing.assert_array_equal(preds["frame"], frames[frames.split == "val"].frame.to_numpy())
     assert json.loads((run / "config.json").read_text())["config"]["world_size"] == 2
-    assert len((run / "log.jsonl").read_text().splitlines()) == 2   # rank 0 alone writes
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1   # rank 0 alone writes
 
 
 def test_pretrained_path_loads_a_local_weights_file(tmp_path):
