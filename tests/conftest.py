@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,22 +35,44 @@ def demo_data(demo_raw, tmp_path_factory) -> Path:
 def image_run(demo_data, tmp_path_factory) -> Path:
     import train_image
     runs = tmp_path_factory.mktemp("runs")
-    return train_image.main(["--preset", "demo", "--data", str(demo_data), "--runs", str(runs)])
+    with curves_off():
+        return train_image.main(["--preset", "demo", "--data", str(demo_data), "--runs", str(runs)])
 
 
 @pytest.fixture(scope="session")
 def audio_run(demo_data, tmp_path_factory) -> Path:
     import train_audio
     runs = tmp_path_factory.mktemp("audio_runs")
-    return train_audio.main(["--preset", "demo", "--data", str(demo_data), "--runs", str(runs)])
+    with curves_off():
+        return train_audio.main(["--preset", "demo", "--data", str(demo_data), "--runs", str(runs)])
 
 
 @pytest.fixture(scope="session")
 def fusion_run(image_run, audio_run, demo_data, tmp_path_factory) -> Path:
     import train_fusion
     runs = tmp_path_factory.mktemp("fusion_runs")
-    return train_fusion.main(["--preset", "demo", "--image", str(image_run), "--audio", str(audio_run),
-                              "--data", str(demo_data), "--runs", str(runs)])
+    with curves_off():
+        return train_fusion.main(["--preset", "demo", "--image", str(image_run), "--audio", str(audio_run),
+                                  "--data", str(demo_data), "--runs", str(runs)])
+
+
+@contextmanager
+def curves_off():
+    """Train without redrawing curves.png: the Trainer redraws it with matplotlib after every
+    epoch (about 0.3 s on 2 cores), most of the time of a small model's many short epochs.
+    For runs whose tests assert what training learns or writes, not the plot
+    (tests/test_progress.py and tests/test_defaults.py test the curves)."""
+    from utils.training import engine
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "plot_curves", lambda run, title=None: None)
+        yield
+
+
+@pytest.fixture
+def no_curves():
+    """curves_off() for one test."""
+    with curves_off():
+        yield
 
 
 def shared_real(name: str) -> Path:

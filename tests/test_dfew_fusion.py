@@ -54,17 +54,20 @@ def complementary(tmp_path_factory):
     return root, image, audio
 
 
+@pytest.mark.usefixtures("no_curves")
 def test_fused_model_beats_each_single_stream_model(complementary):
     root, image, audio = complementary
 
     def uar(*runs):
         result = train_fusion.main(["--dataset", "dfew", "--preset", "demo", "--data", str(root / "data"),
                                     "--runs", str(root / "runs"), "--name", "+".join(r.name for r in runs),
-                                    "--features", *map(str, runs), "--fold", "1", "--epochs", "25"])
+                                    "--features", *map(str, runs), "--fold", "1", "--epochs", "10"])
         return result["mean_test_uar"]
 
     alone = {"image": uar(image), "audio": uar(audio)}
     both = uar(image, audio)
+    # 10 epochs (about 10 steps each): the fixture drawn with seeds 0, 1, 2 gave margins of 0.074,
+    # 0.090, 0.105 (25 epochs: 0.079, 0.090, 0.145); the single streams score the same either way.
     assert both > max(alone.values()) + 0.05, (both, alone)
 
 

@@ -81,10 +81,16 @@ def test_extra_modality_slot_and_nearest_frame_lookup(dfew, tmp_path):
         extract(dfew, "--modality", "extra", "--extra-dir", str(folder), "--name", "broken")
 
 
-def test_kit_image_model_and_audio_branch_as_frozen_generators(dfew, image_run, audio_run):
+@pytest.fixture(scope="module")
+def kit_image(dfew, image_run):
+    """The kit's Aff-Wild2 image model as a frozen generator: its feature run of the eval frames."""
+    return extract(dfew, "--modality", "image", "--checkpoint", str(image_run / "best.pt"), "--frames", "eval",
+                   "--workers", "0")
+
+
+def test_kit_image_model_and_audio_branch_as_frozen_generators(dfew, kit_image, audio_run):
     frames = pd.read_parquet(dfew / "data" / "frames.parquet")
-    image = load(extract(dfew, "--modality", "image", "--checkpoint", str(image_run / "best.pt"), "--frames", "eval",
-                         "--workers", "0"))
+    image = load(kit_image)
     assert len(image["txtid"]) == int(frames["eval_sample"].sum()) and image["mask"].all()
     assert image["features"].dtype == np.float16 and image["features"].astype(np.float32).std() > 0
     run = extract(dfew, "--modality", "audio", "--audio-run", str(audio_run), "--frames", "eval")
@@ -126,6 +132,7 @@ def train(dfew, name, *argv):
                               "--runs", str(dfew / "runs"), "--name", name, *argv])
 
 
+@pytest.mark.usefixtures("no_curves")
 def test_temporal_beats_frame_average_and_never_selects_on_the_test_fold(dfew, keypoints):
     """Twin classes show the same faces in opposite order: an average of frames cannot tell them
     apart (best UAR about 4/7), a model over time can."""
@@ -149,6 +156,7 @@ def test_temporal_beats_frame_average_and_never_selects_on_the_test_fold(dfew, k
     assert metrics["mean_test_uar"] == pytest.approx(np.mean([f["test_uar"] for f in metrics["folds"]]))
 
 
+@pytest.mark.usefixtures("no_curves")
 def test_ablation_is_one_command_and_the_same_seed_gives_the_same_numbers(dfew, keypoints):
     audio = dfew / "runs" / "features" / "logmel"
     if not (audio / "metrics.json").exists():
@@ -231,6 +239,7 @@ def test_image_model_fine_tuned_on_a_fold_learns_only_from_its_training_clips(df
     assert load(features)["features"].shape[1] == 256   # test_efficientnet's pooled feature, not its head
 
 
+@pytest.mark.usefixtures("no_curves")
 def test_clip_model_takes_each_folds_own_generator_and_refuses_a_leaking_one(dfew, fine_tuned):
     _, features = fine_tuned
     template = str(features).replace("fold1", "fold{fold}")
@@ -251,12 +260,12 @@ def test_clip_model_takes_each_folds_own_generator_and_refuses_a_leaking_one(dfe
     assert other["folds"][0]["val_clips_seen_by_generators"] > 0
 
 
-def test_torchrun_shards_extraction_and_rank_zero_writes_the_same_features(dfew, image_run, tmp_path):
+def test_torchrun_shards_extraction_and_rank_zero_writes_the_same_features(dfew, image_run, kit_image, tmp_path):
     import subprocess
     import sys
     argv = ["--data", str(dfew / "data"), "--checkpoint", str(image_run / "best.pt"), "--frames", "eval",
             "--workers", "0", "--name", "sharded"]
-    single = load(extract(dfew, *argv))
+    single = load(kit_image)   # the same model and frames in one process
     torchrun = Path(sys.executable).with_name("torchrun")
     out = subprocess.run([str(torchrun), "--nproc_per_node=2", "extract_features.py", *argv, "--runs", str(tmp_path)],
                          cwd=Path(extract_features.__file__).parent, capture_output=True, text=True, timeout=300)
