@@ -13,8 +13,10 @@ preds/val.npz:
   of one label between -1 gaps; its prediction is the majority vote of its frames' argmax);
   chance (uniform random guessing: class c's expected F1 is 2 p_c / 8 / (p_c + 1/8), p_c its
   val share; 1/8 of utterances) and the majority class of train (every frame predicted as it).
-Configurations: demo (the --preset demo), strong (the stronger CPU configuration, STRONG below),
-demo-norm and strong-norm (the same with --norm-per-video: each video's per-mel level removed),
+Configurations: demo (the --preset demo), strong (the stronger CPU configuration, STRONG below:
+the demo's network, more epochs and windows, and --norm-per-video, each video's per-mel level
+removed), strong-raw (strong without --norm-per-video: the before figure), demo-norm (the demo
+with --norm-per-video),
 speech (a speech encoder's cached states and the small head; --speech-backbone tiny_random, the
 default, has random weights and shows the path runs, not that it learns).
 Writes <work>/bench_real_speech.json.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+from dataclasses import asdict
 import subprocess
 import sys
 import time
@@ -37,10 +40,15 @@ sys.path.insert(0, str(ROOT))
 import train_audio  # noqa: E402
 from utils.classes import EXPR_CLASSES  # noqa: E402
 from utils.console import log, table  # noqa: E402
-from utils.runs import write_json  # noqa: E402
+from utils.config import parse_config  # noqa: E402
+from utils.runs import read_json, write_json  # noqa: E402
 
-# A bigger draw and more epochs of the demo's small network (about 15 min on 2 free cores).
-STRONG = ["--preset", "demo", "--epochs", "10", "--max-per-class", "1200", "--lr", "3e-3", "--predict-stride", "8"]
+# A bigger draw and more epochs of the demo's small network, each video's level removed (one
+# RAVDESS video is one speaker): +0.016 to +0.036 val macro-F1 on all four speaker splits tried,
+# while it cost the 5-epoch demo 0.004 to 0.065 (BENCHMARKS.md). About 5 CPU-minutes; 16 epochs
+# overfit (best epoch 5, +0.005 on one split).
+STRONG_RAW = ["--preset", "demo", "--epochs", "10", "--max-per-class", "1200", "--lr", "3e-3", "--predict-stride", "8"]
+STRONG = STRONG_RAW + ["--norm-per-video"]
 SPEECH = ["--epochs", "8", "--max-per-class", "1500", "--lr", "1e-3", "--weight-decay", "0.05", "--workers", "0",
           "--warmup-epochs", "0.5", "--patience", "0", "--predict-stride", "4"]
 
@@ -104,6 +112,20 @@ def resplit(real: Path, pattern: str, out: Path) -> Path:
     return out
 
 
+def stale(runs: Path, name: str, seed: int, argv: list[str]) -> bool:
+    """Whether runs/audio/<name>_seed<k> exists with other settings than `argv` gives (an earlier
+    version of the configuration): it is trained again rather than scored as if it were this one."""
+    saved = runs / "audio" / f"{name}_seed{seed}" / "config.json"
+    if not saved.exists():
+        return False
+    wanted = asdict(parse_config(train_audio.AudioConfig, argv, presets=train_audio.PRESETS))
+    had = read_json(saved)["config"]
+    # where the run lives, how it ran, and settings newer than the run (absent from it) do not count
+    ignore = {"data", "runs", "overwrite", "predict_only", "precision", "device", "workers", "jobs"}
+    return any(had[k] != v for k, v in wanted.items() if k in had and k not in ignore and
+               not (k == "speech_layer" and wanted["backbone"] == "logmel"))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--real", default=str(ROOT.parent / "shared" / "real" / "ravdess_speech"))
@@ -126,22 +148,26 @@ def main(argv=None):
     import pandas as pd
     frames = pd.read_parquet(data / "frames.parquet", columns=["videoid", "split", "label"])
     val_videos = sorted(frames.videoid[frames.split == "val"].unique())
+    frames_val = pd.read_parquet(data / "frames.parquet", columns=["txtid", "split"]).query("split == 'val'")
     wanted = sorted(f.stem for f in (real / "annotations" / "EXPR_Recognition_Challenge" / "Validation_Set").glob("*.txt"))
-    if val_videos != wanted:
+    if sorted(frames_val.txtid.unique()) != wanted:
         raise SystemExit(f"error: {data} was prepared with another validation split ({', '.join(val_videos)}); "
                          f"give this split its own --work")
     train_labels = frames.label[(frames.split == "train") & (frames.label >= 0)].to_numpy()
     train_majority = int(np.bincount(train_labels, minlength=len(EXPR_CLASSES)).argmax())
     speech = ["--backbone", args.speech_backbone] + (["--pretrained-path", args.pretrained_path]
                                                       if args.pretrained_path else []) + SPEECH
-    known = {"demo": ["--preset", "demo"], "strong": STRONG, "speech": speech,
-             "demo-norm": ["--preset", "demo", "--norm-per-video"], "strong-norm": STRONG + ["--norm-per-video"]}
+    known = {"demo": ["--preset", "demo"], "strong": STRONG, "strong-raw": STRONG_RAW, "speech": speech,
+             "demo-norm": ["--preset", "demo", "--norm-per-video"]}
+    unknown = [name for name in args.configs.split(",") if name not in known]
+    if unknown:
+        raise SystemExit(f"error: --configs {','.join(unknown)}: unknown; one of {','.join(known)}")
     results = {}
     for name in args.configs.split(","):
         extra = known[name]
+        argv = ["--data", str(data), "--runs", str(work / "runs"), "--name", name, "--seed", str(args.seed), *extra]
         start = time.perf_counter()
-        run = train_audio.main(["--data", str(data), "--runs", str(work / "runs"), "--name", name,
-                                "--seed", str(args.seed), *extra])
+        run = train_audio.main(argv + (["--overwrite"] if stale(work / "runs", name, args.seed, argv) else []))
         seconds = time.perf_counter() - start
         # a run finished earlier is only scored: its time is not this one's
         seconds = round(seconds, 1) if seconds > 30 else None
