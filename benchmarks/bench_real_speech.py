@@ -92,10 +92,10 @@ def score_run(run: Path, train_majority: int) -> dict:
 
 def resplit(real: Path, pattern: str, out: Path) -> Path:
     """A tree of links to `real` whose Validation_Set holds the label files matching `pattern`
-    (fnmatch on the name without .txt) and whose Train_Set holds the others; SystemExit if the
-    pattern matches none or all of them."""
+    (fnmatch on the name without .txt; several patterns separated by commas) and whose Train_Set
+    holds the others; SystemExit if the patterns match none or all of them."""
     labels = sorted((real / "annotations" / "EXPR_Recognition_Challenge").glob("*_Set/*.txt"))
-    val = [f for f in labels if fnmatch.fnmatch(f.stem, pattern)]
+    val = [f for f in labels if any(fnmatch.fnmatch(f.stem, one) for one in pattern.split(","))]
     if not val or len(val) == len(labels):
         raise SystemExit(f"error: --val {pattern!r} matches {len(val)} of the {len(labels)} label files of {real}")
     for split in ("Train_Set", "Validation_Set"):
@@ -131,7 +131,8 @@ def main(argv=None):
     ap.add_argument("--real", default=str(ROOT.parent / "shared" / "real" / "ravdess_speech"))
     ap.add_argument("--work", default="/tmp/bench_real_speech")
     ap.add_argument("--configs", default="demo,strong")
-    ap.add_argument("--val", default="", help="fnmatch pattern of the val videos (default: the tree's own split)")
+    ap.add_argument("--val", default="", help="fnmatch pattern(s), comma-separated, of the val videos "
+                                              "(default: the tree's own split)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--speech-backbone", default="tiny_random")
     ap.add_argument("--pretrained-path", default="")
