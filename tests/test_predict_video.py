@@ -96,3 +96,20 @@ def test_an_audio_run_trained_at_another_sample_rate_is_refused(tmp_path):
     (tmp_path / "new" / "meta.json").write_text('{"sample_rate": 16000}')
     with pytest.raises(DataError, match="trained on sound at 22050 Hz.*pass --sample-rate 22050"):
         Runner.audio(SimpleNamespace(data=tmp_path / "new"), tmp_path / "run", {"data": str(tmp_path / "train")})
+
+
+def test_a_missing_setting_names_the_run_and_other_key_errors_stay_themselves(tmp_path, monkeypatch):
+    import utils.evaluation.video as video
+    run = tmp_path / "runs" / "image" / "x_seed0"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"")
+    (run / "config.json").write_text('{"config": {"img_size": 112}}')
+    with pytest.raises(DataError, match=r"x_seed0/config.json: no 'model' setting"):
+        Runner(tmp_path, pd.DataFrame(), pd.DataFrame(), None, "fp32")(run)
+    (run / "config.json").write_text('{"config": {"model": "resnet18", "img_size": 112}}')
+
+    def broken(*args, **kwargs):   # a KeyError that has nothing to do with the run's settings
+        raise KeyError("stage3")
+    monkeypatch.setattr(video, "create_model", broken)
+    with pytest.raises(KeyError, match="stage3"):
+        Runner(tmp_path, pd.DataFrame(), pd.DataFrame(), None, "fp32")(run)

@@ -73,6 +73,19 @@ def run_kind(config: dict) -> str:
     return "audio" if "spec_mean_db" in config else "image"
 
 
+class Settings(dict):
+    """A run's settings (config.json's "config"). A missing one is one line naming the file (a run
+    of another kit version), raised by the lookup itself: a KeyError from anywhere else (a bug, a
+    broken cache file) is not mistaken for it."""
+
+    def __init__(self, values: dict, path: Path):
+        super().__init__(values)
+        self.path = path
+
+    def __missing__(self, key):
+        raise DataError(f"{self.path}: no '{key}' setting; a run of another kit version?")
+
+
 class Runner:
     """Predicts the frames of `data` (video_tables' folder) with any number of runs, each once."""
 
@@ -89,11 +102,8 @@ class Runner:
             path = Path(run) / "config.json"
             if not path.is_file() or not (Path(run) / "best.pt").is_file():
                 raise DataError(f"{run}: not a trained run (config.json and best.pt expected)")
-            config = read_json(path).get("config", {})
-            try:
-                self.done[key] = getattr(self, run_kind(config))(Path(run), config)
-            except KeyError as err:
-                raise DataError(f"{path}: no '{err.args[0]}' setting; a run of another kit version?") from None
+            config = Settings(read_json(path).get("config", {}), path)
+            self.done[key] = getattr(self, run_kind(config))(Path(run), config)
         return self.done[key]
 
     def _load(self, model, run: Path):
