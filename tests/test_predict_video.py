@@ -113,3 +113,46 @@ def test_a_missing_setting_names_the_run_and_other_key_errors_stay_themselves(tm
     monkeypatch.setattr(video, "create_model", broken)
     with pytest.raises(KeyError, match="stage3"):
         Runner(tmp_path, pd.DataFrame(), pd.DataFrame(), None, "fp32")(run)
+
+
+def test_the_sample_rate_comes_from_the_runs_data_folder_and_an_explicit_other_one_is_refused(tmp_path, monkeypatch,
+                                                                                            capsys):
+    import json
+    data = tmp_path / "data" / "affwild2"
+    data.mkdir(parents=True)
+    (data / "meta.json").write_text('{"sample_rate": 22050}')
+
+    def make_run(name: str, config: dict):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"config": config}))
+        (run / "best.pt").write_bytes(b"")
+        return str(run)
+    audio = make_run("audio", {"spec_mean_db": -40.0, "data": str(data)})
+    fusion = make_run("fusion", {"image_offsets": [0], "image": "unused", "audio": audio, "data": str(data)})
+    elsewhere = make_run("moved", {"spec_mean_db": -40.0, "data": str(tmp_path / "gone")})
+    broken = make_run("broken", {"spec_mean_db": -40.0, "data": str(tmp_path / "broken")})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "meta.json").write_text('{"dataset": "affwild2"}')
+
+    class Decoded(Exception):
+        pass
+
+    def tables(done, crops, out, sample_rate, warnings):   # stop where the sound would be decoded
+        raise Decoded(sample_rate)
+    monkeypatch.setattr(predict_video, "crop_video", lambda *a: {"error": "", "frames": 5, "frames_with_face": 1})
+    monkeypatch.setattr(predict_video, "video_tables", tables)
+
+    def rate(*args):
+        with pytest.raises(Decoded) as got:
+            predict_video.main(["v.mp4", "--out", str(tmp_path / "pred"), *args])
+        return got.value.args[0]
+    assert rate("--run", audio) == rate("--run", fusion) == rate("--run", audio, "--sample-rate", "22050") == 22050
+    with pytest.raises(DataError, match=r"audio: trained on sound at 22050 Hz, --sample-rate 16000 given; "
+                                        r"pass --sample-rate 22050"):
+        predict_video.main(["v.mp4", "--run", fusion, "--sample-rate", "16000", "--out", str(tmp_path / "pred")])
+    # A run whose data folder is not here: 16 kHz or the rate given, and a warning saying so.
+    assert rate("--run", elsewhere) == 16000 and rate("--run", elsewhere, "--sample-rate", "8000") == 8000
+    assert "gone/meta.json is not here" in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"broken/meta.json: no readable sample_rate"):
+        predict_video.main(["v.mp4", "--run", broken, "--out", str(tmp_path / "pred")])
