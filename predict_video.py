@@ -114,7 +114,7 @@ def run(cfg: PredictConfig) -> list[Path]:
         info = crop_video(path.stem, path, out / "crops", opt)
         if info["error"]:
             warnings("unreadable", f"{path}: unreadable ({info['error']}); skipped")
-        elif not info["frames"]:
+        elif not info["frames_examined"]:   # "frames" counts the video's packets, decodable or not
             warnings("unreadable", f"{path}: no frame could be decoded; skipped")
         else:
             if not info["frames_with_face"]:

@@ -140,7 +140,8 @@ def test_the_sample_rate_comes_from_the_runs_data_folder_and_an_explicit_other_o
 
     def tables(done, crops, out, sample_rate, warnings):   # stop where the sound would be decoded
         raise Decoded(sample_rate)
-    monkeypatch.setattr(predict_video, "crop_video", lambda *a: {"error": "", "frames": 5, "frames_with_face": 1})
+    monkeypatch.setattr(predict_video, "crop_video", lambda *a: {"error": "", "frames": 5, "frames_examined": 5,
+                                                            "frames_with_face": 1})
     monkeypatch.setattr(predict_video, "video_tables", tables)
 
     def rate(*args):
@@ -156,3 +157,16 @@ def test_the_sample_rate_comes_from_the_runs_data_folder_and_an_explicit_other_o
     assert "gone/meta.json is not here" in capsys.readouterr().err
     with pytest.raises(DataError, match=r"broken/meta.json: no readable sample_rate"):
         predict_video.main(["v.mp4", "--run", broken, "--out", str(tmp_path / "pred")])
+
+
+def test_a_video_with_no_decodable_frame_is_skipped_in_one_line(tmp_path, monkeypatch, capsys):
+    """crop_video's "frames" counts the video's packets: 5 packets, none decoded, is nothing to predict."""
+    monkeypatch.setattr(predict_video, "crop_video", lambda *a: {"error": "", "frames": 5, "frames_examined": 0,
+                                                                 "frames_with_face": 0})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"config": {"model": "resnet18"}}')
+    (run / "best.pt").write_bytes(b"")
+    with pytest.raises(DataError, match="none of the 1 videos could be read"):
+        predict_video.main(["v.mp4", "--run", str(run), "--out", str(tmp_path / "pred")])
+    assert "v.mp4: no frame could be decoded; skipped" in capsys.readouterr().err
