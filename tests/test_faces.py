@@ -245,3 +245,20 @@ def test_frames_that_cannot_be_numbered_give_no_crops_and_one_line(tmp_path, mon
     assert summary.error.iloc[0].startswith("UnnumberedFrames") and summary.crops.tolist() == [0]
     assert not (tmp_path / "out" / "cropped_aligned" / "bad").exists()
     assert "bad.mp4: unreadable (UnnumberedFrames: 19 frames decoded of 20 packets" in capsys.readouterr().err
+
+
+def test_crops_of_the_old_numbering_are_kept_only_where_it_agreed(tmp_path, monkeypatch):
+    """faces/<videoid>.json of format 1 (decode-order numbers): reused when no frame was lost, redone otherwise."""
+    import json
+
+    import utils.readers.faces as faces
+    video, _ = damaged(tmp_path / "bad.mp4")
+    clean = tmp_path / "clean.mp4"   # damaged() leaves the intact video here
+    monkeypatch.setattr(faces, "detect", whole_frame_face)
+    opt = faces.CropOptions(batch=4)
+    for videoid, path, corrupt, frames, reused in (("bad", video, 1, 19, False), ("clean", clean, 0, 20, True),
+                                                     ("clean", clean, 0, 19, False)):
+        info = faces.crop_video(videoid, path, tmp_path / "out", opt)
+        old = tmp_path / "out" / "faces" / f"{videoid}.json"
+        old.write_text(json.dumps(info | {"format": 1, "corrupt_packets": corrupt, "frames": frames}))
+        assert bool(faces.crop_video(videoid, path, tmp_path / "out", opt).get("skipped")) == reused, (videoid, frames)
