@@ -31,7 +31,7 @@ from utils.console import WarningCounter, cli, log, table
 from utils.evaluation.ensemble import Member, apply_spec, combine, smooth, softmax
 from utils.evaluation.submission import write_per_video
 from utils.evaluation.timeline import plot_timeline
-from utils.evaluation.video import Runner, member_probs, pick_device, video_tables
+from utils.evaluation.video import Runner, member_probs, pick_device, sample_rate_of, video_tables
 from utils.files import DataError
 from utils.readers.audio import load_frame_times
 from utils.readers.faces import CropOptions, crop_video
@@ -55,7 +55,9 @@ class PredictConfig:
     batch_size: int = 64
     detect_size: int = field(default=640, metadata={"help": "see crop_faces.py"})
     min_score: float = field(default=0.9, metadata={"help": "see crop_faces.py"})
-    sample_rate: int = field(default=16000, metadata={"help": "rate the audio runs were trained at, Hz"})
+    sample_rate: int = field(default=0, metadata={"help": "rate to decode the sound at, Hz (default: the one the "
+                                                          "audio runs' data folder meta.json names, else 16000); "
+                                                          "a rate other than theirs is refused"})
 
 
 def members_of(cfg: PredictConfig) -> tuple[list[Member], dict, str]:
@@ -101,6 +103,7 @@ def run(cfg: PredictConfig) -> list[Path]:
     members, spec, name = members_of(cfg)
     out = Path(cfg.out)
     warnings = WarningCounter()
+    rate = sample_rate_of([r for m in members for r in m.runs], cfg.sample_rate, warnings)   # before the slow part
     device = pick_device(cfg.device)
     opt = CropOptions(device=device, detect_size=cfg.detect_size, min_score=cfg.min_score,
                       batch=64 if device == "cuda" else 16, progress=True)
@@ -111,7 +114,7 @@ def run(cfg: PredictConfig) -> list[Path]:
         info = crop_video(path.stem, path, out / "crops", opt)
         if info["error"]:
             warnings("unreadable", f"{path}: unreadable ({info['error']}); skipped")
-        elif not info["frames"]:
+        elif not info["frames_examined"]:   # "frames" counts the video's packets, decodable or not
             warnings("unreadable", f"{path}: no frame could be decoded; skipped")
         else:
             if not info["frames_with_face"]:
@@ -119,7 +122,7 @@ def run(cfg: PredictConfig) -> list[Path]:
             done.append((path.stem, path, info["frames"]))
     if not done:
         raise DataError(f"none of the {len(cfg.videos)} videos could be read")
-    frames, videos = video_tables(done, out / "crops", out / "data", cfg.sample_rate, warnings)
+    frames, videos = video_tables(done, out / "crops", out / "data", rate, warnings)
     d = setup_distributed(device)
     runner = Runner(out / "data", frames, videos, d, pick_precision(d.device, cfg.precision), cfg.batch_size)
     probs = member_probs(runner, members, softmax)

@@ -185,3 +185,80 @@ def test_two_people_side_by_side_become_left_and_right(real_clips, tmp_path):
     for side in ("left", "right"):
         assert len(list((tmp_path / "out" / "cropped_aligned" / f"pair_{side}").glob("*.jpg"))) == 8
     assert not (tmp_path / "out" / "cropped_aligned" / "pair").exists()
+
+
+def damaged(path: Path, n: int = 20, broken: int = 8, size: int = 64) -> tuple[Path, list[float]]:
+    """An intra-only MPEG-4 video of n frames of growing grey (frame i: 10 * i) whose packet
+    `broken` (0-based) is overwritten with random bytes, and the mean grey of each frame of the
+    intact video (the truth for frame numbers 1..n)."""
+    clean = path.with_name("clean.mp4")
+    with av.open(str(clean), "w") as dst:
+        stream = dst.add_stream("mpeg4", rate=25)
+        stream.width = stream.height = size
+        stream.pix_fmt, stream.codec_context.gop_size = "yuv420p", 1
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 10 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            dst.mux(stream.encode(frame))
+        dst.mux(stream.encode())
+    with av.open(str(clean)) as src:
+        truth = [float(f.to_ndarray(format="rgb24").mean()) for f in src.decode(video=0)]
+    with av.open(str(clean)) as src, av.open(str(path), "w") as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for k, packet in enumerate(p for p in src.demux(video=0) if p.size):
+            if k == broken:
+                noise = av.Packet(np.random.default_rng(0).integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+                noise.pts, noise.dts, noise.time_base, noise.is_keyframe = packet.pts, packet.dts, packet.time_base, True
+                packet = noise
+            packet.stream = out
+            dst.mux(packet)
+    return path, truth
+
+
+def whole_frame_face(frames, *args, **kwargs):
+    """A stand-in detector: one face filling each frame, so every decoded frame gets a crop."""
+    h, w = frames[0].shape[:2]
+    points = (template(112) * np.array([w, h]) / 112).astype(np.float32)
+    return [(np.array([[0, 0, w, h]], np.float32), np.ones(1, np.float32), points[None]) for _ in frames]
+
+
+def test_crops_after_an_undecodable_packet_keep_the_frame_numbers_prepare_data_uses(tmp_path, monkeypatch):
+    import utils.readers.faces as faces
+    from utils.readers.media import read_video
+    video, truth = damaged(tmp_path / "bad.mp4")
+    monkeypatch.setattr(faces, "detect", whole_frame_face)
+    summary = crop_faces.main(["--videos", str(video), "--out", str(tmp_path / "out"), "--batch", "4"])
+    crops = {int(p.stem): cv2.imread(str(p)).mean() for p in (tmp_path / "out" / "cropped_aligned" / "bad").glob("*.jpg")}
+    # prepare_data numbers this video's frames 1..20 (read_video); frame 9 cannot be decoded.
+    assert read_video(video).info.n_frames == 20 == summary.frames.iloc[0]
+    assert sorted(crops) == [t for t in range(1, 21) if t != 9]
+    for t, grey in crops.items():
+        assert abs(grey - truth[t - 1]) < 4, f"crop {t:05d}.jpg holds frame {1 + np.argmin(np.abs(np.array(truth) - grey))}"
+
+
+def test_frames_that_cannot_be_numbered_give_no_crops_and_one_line(tmp_path, monkeypatch, capsys):
+    import utils.readers.faces as faces
+    video, _ = damaged(tmp_path / "bad.mp4")
+    monkeypatch.setattr(faces, "detect", whole_frame_face)
+    monkeypatch.setattr(faces, "frame_numbers", lambda times: None)   # as if the packets had no timestamps
+    summary = crop_faces.main(["--videos", str(video), "--out", str(tmp_path / "out")])
+    assert summary.error.iloc[0].startswith("UnnumberedFrames") and summary.crops.tolist() == [0]
+    assert not (tmp_path / "out" / "cropped_aligned" / "bad").exists()
+    assert "bad.mp4: unreadable (UnnumberedFrames: 19 frames decoded of 20 packets" in capsys.readouterr().err
+
+
+def test_crops_of_the_old_numbering_are_kept_only_where_it_agreed(tmp_path, monkeypatch):
+    """faces/<videoid>.json of format 1 (decode-order numbers): reused when no frame was lost, redone otherwise."""
+    import json
+
+    import utils.readers.faces as faces
+    video, _ = damaged(tmp_path / "bad.mp4")
+    clean = tmp_path / "clean.mp4"   # damaged() leaves the intact video here
+    monkeypatch.setattr(faces, "detect", whole_frame_face)
+    opt = faces.CropOptions(batch=4)
+    for videoid, path, corrupt, frames, reused in (("bad", video, 1, 19, False), ("clean", clean, 0, 20, True),
+                                                     ("clean", clean, 0, 19, False)):
+        info = faces.crop_video(videoid, path, tmp_path / "out", opt)
+        old = tmp_path / "out" / "faces" / f"{videoid}.json"
+        old.write_text(json.dumps(info | {"format": 1, "corrupt_packets": corrupt, "frames": frames}))
+        assert bool(faces.crop_video(videoid, path, tmp_path / "out", opt).get("skipped")) == reused, (videoid, frames)

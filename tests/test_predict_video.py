@@ -96,3 +96,77 @@ def test_an_audio_run_trained_at_another_sample_rate_is_refused(tmp_path):
     (tmp_path / "new" / "meta.json").write_text('{"sample_rate": 16000}')
     with pytest.raises(DataError, match="trained on sound at 22050 Hz.*pass --sample-rate 22050"):
         Runner.audio(SimpleNamespace(data=tmp_path / "new"), tmp_path / "run", {"data": str(tmp_path / "train")})
+
+
+def test_a_missing_setting_names_the_run_and_other_key_errors_stay_themselves(tmp_path, monkeypatch):
+    import utils.evaluation.video as video
+    run = tmp_path / "runs" / "image" / "x_seed0"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"")
+    (run / "config.json").write_text('{"config": {"img_size": 112}}')
+    with pytest.raises(DataError, match=r"x_seed0/config.json: no 'model' setting"):
+        Runner(tmp_path, pd.DataFrame(), pd.DataFrame(), None, "fp32")(run)
+    (run / "config.json").write_text('{"config": {"model": "resnet18", "img_size": 112}}')
+
+    def broken(*args, **kwargs):   # a KeyError that has nothing to do with the run's settings
+        raise KeyError("stage3")
+    monkeypatch.setattr(video, "create_model", broken)
+    with pytest.raises(KeyError, match="stage3"):
+        Runner(tmp_path, pd.DataFrame(), pd.DataFrame(), None, "fp32")(run)
+
+
+def test_the_sample_rate_comes_from_the_runs_data_folder_and_an_explicit_other_one_is_refused(tmp_path, monkeypatch,
+                                                                                            capsys):
+    import json
+    data = tmp_path / "data" / "affwild2"
+    data.mkdir(parents=True)
+    (data / "meta.json").write_text('{"sample_rate": 22050}')
+
+    def make_run(name: str, config: dict):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"config": config}))
+        (run / "best.pt").write_bytes(b"")
+        return str(run)
+    audio = make_run("audio", {"spec_mean_db": -40.0, "data": str(data)})
+    fusion = make_run("fusion", {"image_offsets": [0], "image": "unused", "audio": audio, "data": str(data)})
+    elsewhere = make_run("moved", {"spec_mean_db": -40.0, "data": str(tmp_path / "gone")})
+    broken = make_run("broken", {"spec_mean_db": -40.0, "data": str(tmp_path / "broken")})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "meta.json").write_text('{"dataset": "affwild2"}')
+
+    class Decoded(Exception):
+        pass
+
+    def tables(done, crops, out, sample_rate, warnings):   # stop where the sound would be decoded
+        raise Decoded(sample_rate)
+    monkeypatch.setattr(predict_video, "crop_video", lambda *a: {"error": "", "frames": 5, "frames_examined": 5,
+                                                            "frames_with_face": 1})
+    monkeypatch.setattr(predict_video, "video_tables", tables)
+
+    def rate(*args):
+        with pytest.raises(Decoded) as got:
+            predict_video.main(["v.mp4", "--out", str(tmp_path / "pred"), *args])
+        return got.value.args[0]
+    assert rate("--run", audio) == rate("--run", fusion) == rate("--run", audio, "--sample-rate", "22050") == 22050
+    with pytest.raises(DataError, match=r"audio: trained on sound at 22050 Hz, --sample-rate 16000 given; "
+                                        r"pass --sample-rate 22050"):
+        predict_video.main(["v.mp4", "--run", fusion, "--sample-rate", "16000", "--out", str(tmp_path / "pred")])
+    # A run whose data folder is not here: 16 kHz or the rate given, and a warning saying so.
+    assert rate("--run", elsewhere) == 16000 and rate("--run", elsewhere, "--sample-rate", "8000") == 8000
+    assert "gone/meta.json is not here" in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"broken/meta.json: no readable sample_rate"):
+        predict_video.main(["v.mp4", "--run", broken, "--out", str(tmp_path / "pred")])
+
+
+def test_a_video_with_no_decodable_frame_is_skipped_in_one_line(tmp_path, monkeypatch, capsys):
+    """crop_video's "frames" counts the video's packets: 5 packets, none decoded, is nothing to predict."""
+    monkeypatch.setattr(predict_video, "crop_video", lambda *a: {"error": "", "frames": 5, "frames_examined": 0,
+                                                                 "frames_with_face": 0})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"config": {"model": "resnet18"}}')
+    (run / "best.pt").write_bytes(b"")
+    with pytest.raises(DataError, match="none of the 1 videos could be read"):
+        predict_video.main(["v.mp4", "--run", str(run), "--out", str(tmp_path / "pred")])
+    assert "v.mp4: no frame could be decoded; skipped" in capsys.readouterr().err

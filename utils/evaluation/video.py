@@ -73,6 +73,91 @@ def run_kind(config: dict) -> str:
     return "audio" if "spec_mean_db" in config else "image"
 
 
+class Settings(dict):
+    """A run's settings (config.json's "config"). A missing one is one line naming the file (a run
+    of another kit version), raised by the lookup itself: a KeyError from anywhere else (a bug, a
+    broken cache file) is not mistaken for it."""
+
+    def __init__(self, values: dict, path: Path):
+        super().__init__(values)
+        self.path = path
+
+    def __missing__(self, key):
+        raise DataError(f"{self.path}: no '{key}' setting; a run of another kit version?")
+
+
+def run_settings(run) -> Settings:
+    """The settings of a trained run folder (config.json and best.pt); DataError if it is not one."""
+    path = Path(run) / "config.json"
+    if not path.is_file() or not (Path(run) / "best.pt").is_file():
+        raise DataError(f"{run}: not a trained run (config.json and best.pt expected)")
+    return Settings(read_json(path).get("config", {}), path)
+
+
+def trained_rate(cfg: Settings) -> tuple[Path | None, int | None]:
+    """(meta.json, sample rate in Hz) of the data folder a run was trained on (its 'data' setting),
+    the rate its log-mel grid assumes; (that path or None, None) when the folder is not here. A
+    meta.json that is there but holds no positive integer sample_rate is a DataError naming it."""
+    if not cfg.get("data"):
+        return None, None
+    meta = Path(cfg["data"]) / "meta.json"
+    if not meta.is_file():
+        return meta, None
+    try:
+        rate = read_json(meta)["sample_rate"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{meta}: no readable sample_rate ({type(err).__name__}: {err}); the data folder "
+                        f"{cfg.path.parent} was trained on") from None
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+        raise DataError(f"{meta}: sample_rate {rate!r} is not a rate in Hz; the data folder {cfg.path.parent} "
+                        "was trained on")
+    return meta, rate
+
+
+def audio_runs(runs) -> list[tuple[Path, Settings]]:
+    """The log-mel audio runs among `runs` and inside the fusion runs among them: (run, settings)."""
+    found = []
+    for run in runs:
+        cfg = run_settings(run)
+        kind = run_kind(cfg)
+        if kind == "audio":
+            found.append((Path(run), cfg))
+        elif kind == "fusion":
+            found += audio_runs([cfg["audio"]])
+    return found
+
+
+def sample_rate_of(runs, given: int = 0, warnings=None, default: int = 16000) -> int:
+    """The rate (Hz) to decode new videos' sound at for `runs`: the one their audio runs were
+    trained at (trained_rate), `given` (> 0: an explicit --sample-rate) if it agrees, `default`
+    when no audio run's data folder is here to tell. DataError, one line: `given` differs from a
+    trained rate, or two audio runs were trained at different rates."""
+    known, unknown = {}, []
+    for run, cfg in audio_runs(runs):
+        meta, rate = trained_rate(cfg)
+        if rate is None:
+            unknown.append((run, meta))
+        else:
+            known.setdefault(rate, run)
+    if len(known) > 1:
+        raise DataError("audio runs trained on sound at different rates ("
+                        + ", ".join(f"{run}: {rate} Hz" for rate, run in sorted(known.items()))
+                        + "); one video folder holds one rate: predict with them separately")
+    if known:
+        (rate, run), = known.items()
+        if given and given != rate:
+            raise DataError(f"{run}: trained on sound at {rate} Hz, --sample-rate {given} given; "
+                            f"pass --sample-rate {rate} (or leave it out)")
+        return rate
+    rate = given or default
+    if unknown and warnings is not None:
+        for run, meta in unknown:
+            where = f"{meta} is not here" if meta else "its config names no data folder"
+            warnings("sample rate", f"{run}: {where} to tell the rate it was trained at; the sound is decoded at "
+                     f"{rate} Hz" + ("" if given else " (pass --sample-rate if it was another)"))
+    return rate
+
+
 class Runner:
     """Predicts the frames of `data` (video_tables' folder) with any number of runs, each once."""
 
@@ -86,14 +171,8 @@ class Runner:
         for a fusion run), float32/float16 numpy arrays in the frames' order."""
         key = str(Path(run).resolve())
         if key not in self.done:
-            path = Path(run) / "config.json"
-            if not path.is_file() or not (Path(run) / "best.pt").is_file():
-                raise DataError(f"{run}: not a trained run (config.json and best.pt expected)")
-            config = read_json(path).get("config", {})
-            try:
-                self.done[key] = getattr(self, run_kind(config))(Path(run), config)
-            except KeyError as err:
-                raise DataError(f"{path}: no '{err.args[0]}' setting; a run of another kit version?") from None
+            config = run_settings(run)
+            self.done[key] = getattr(self, run_kind(config))(Path(run), config)
         return self.done[key]
 
     def _load(self, model, run: Path):
@@ -113,11 +192,11 @@ class Runner:
         return dict(logits=out["logits"], features=out["features"])
 
     def audio(self, run: Path, cfg: dict) -> dict:
-        trained = Path(cfg.get("data", "")) / "meta.json"   # where the run's data still is
         rate = read_json(self.data / "meta.json")["sample_rate"]
-        if trained.is_file() and (trained_rate := read_json(trained)["sample_rate"]) != rate:
-            raise DataError(f"{run}: trained on sound at {trained_rate} Hz, the videos are decoded at {rate} Hz; "
-                            f"pass --sample-rate {trained_rate}")
+        trained = trained_rate(cfg)[1]   # from the run's data folder, where it still is
+        if trained is not None and trained != rate:
+            raise DataError(f"{run}: trained on sound at {trained} Hz, the videos are decoded at {rate} Hz; "
+                            f"pass --sample-rate {trained}")
         ensure_spectrograms(self.data, cfg["n_fft"], cfg["hop"], cfg["n_mels"])
         folder = spec_folder(self.data, cfg["n_fft"], cfg["hop"], cfg["n_mels"])
         hop_seconds = read_json(folder / "spec.json")["hop_seconds"]

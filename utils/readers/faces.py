@@ -17,8 +17,9 @@ The main person is the longest track (most frames), not the largest face of each
 passer-by who is briefly larger does not take over; with two_people, the two longest tracks,
 named _left and _right by the mean horizontal position of their boxes.
 
-Frame numbers follow utils.readers.media: frame t (1-based) is the t-th frame the decoder puts
-out. Frames without a face of the chosen track get no crop (Aff-Wild2's cropped_aligned leaves
+Frame numbers follow utils.readers.media: frame t (1-based) is the t-th frame of the video in
+presentation order, counted over its packets as prepare_data.py counts them; a decoded frame is
+numbered by its timestamp, so an undecodable packet does not shift the frames after it. Frames without a face of the chosen track get no crop (Aff-Wild2's cropped_aligned leaves
 them out too); the per-video table keeps every detection.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ import pandas as pd
 
 from utils.console import track
 from utils.files import DataError
+from utils.readers.media import frame_numbers, packet_time
 from utils.runs import read_json, save_parquet, write_json
 
 # insightface's arcface_torch template (src: insightface/python-package/insightface/utils/face_align.py),
@@ -42,7 +44,7 @@ from utils.runs import read_json, save_parquet, write_json
 TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                          [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
 LANDMARK_COLUMNS = [f"{axis}{i}" for i in range(5) for axis in ("lx", "ly")]
-FORMAT = 1   # faces/<videoid>.json of another format is redone
+FORMAT = 2   # faces/<videoid>.json of another format is redone (but see numbered_alike)
 
 
 def template(size: int = 112) -> np.ndarray:
@@ -168,18 +170,41 @@ class CropOptions:
     progress: bool = False    # a progress bar over the video's frames (one video at a time only)
 
 
-def frames_of(path: Path, every: int = 1, counted: list | None = None):
-    """The container's fps and an iterator of (frame number 1-based, RGB H x W x 3 uint8) of every
-    `every`-th decoded frame, in order; `counted[0]` is set to the number of frames decoded,
-    `counted[1]` counts the corrupt packets skipped.
-    Raises av.FFmpegError or OSError on an unreadable file."""
+def _picture(container):
+    """The video stream that is not a cover image; av.FFmpegError without one."""
+    pictures = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not pictures:
+        raise av.FFmpegError(0, "no video stream")
+    return pictures[0]
+
+
+class UnnumberedFrames(ValueError):
+    """The decoded frames cannot be put on the video's frame numbers (see frames_of)."""
+
+
+def frames_of(path: Path, every: int = 1, counted: dict | None = None):
+    """The container's fps and an iterator of (frame number 1-based, RGB H x W x 3 uint8) of the
+    decoded frames whose number is 1 modulo `every`, in order.
+
+    Frame t is the t-th frame of the video in presentation order, counted over the video packets
+    as utils.readers.media.read_video (hence prepare_data.py and the label files) counts them
+    (media.frame_numbers): a decoded frame is numbered by its timestamp, so a corrupt packet costs
+    its own frame and the frames after it keep their numbers. Without usable timestamps frames are
+    numbered in decode order, which is only the same numbering when every packet gave one frame.
+    `counted` gets "frames" (the video's frames: its packets), "corrupt" (corrupt packets skipped)
+    and "examined" (frames yielded).
+    Raises av.FFmpegError or OSError on an unreadable file; UnnumberedFrames (a ValueError) at the
+    end when frames without timestamps were lost, or at once for a frame whose timestamp is no
+    packet's: the crops could not be put on the right frames."""
+    counted = {} if counted is None else counted
+    counted.update(frames=0, corrupt=0, examined=0)
+    with av.open(str(path)) as container:
+        # A first pass over the packets only (nothing decoded) gives every frame its number.
+        times = [packet_time(p) for p in container.demux(_picture(container)) if p.size > 0]
+    numbers = frame_numbers(times)
+    counted["frames"] = len(times)
     container = av.open(str(path))
-    try:
-        stream = [s for s in container.streams.video
-                  if not s.disposition & av.stream.Disposition.attached_pic][0]
-    except IndexError:
-        container.close()
-        raise av.FFmpegError(0, "no video stream") from None
+    stream = _picture(container)
     stream.thread_type = "AUTO"
     fps = float(stream.average_rate or stream.guessed_rate or 30.0)
 
@@ -189,16 +214,26 @@ def frames_of(path: Path, every: int = 1, counted: list | None = None):
             try:
                 yield from packet.decode()
             except av.error.InvalidDataError:
-                if counted is not None:
-                    counted[1] += 1
+                counted["corrupt"] += 1
 
     def gen():
+        n_decoded, untimed = 0, False
         with container:
-            for t, frame in enumerate(decoded(), start=1):
-                if counted is not None:
-                    counted[0] = t
+            for frame in decoded():
+                n_decoded += 1
+                if numbers is None or frame.pts is None:
+                    t, untimed = n_decoded, True
+                else:
+                    t = numbers.get(int(frame.pts))
+                    if t is None:
+                        raise UnnumberedFrames(f"a decoded frame's timestamp ({frame.pts}) is no packet's; "
+                                               "its frame number is unknown")
                 if (t - 1) % every == 0:
+                    counted["examined"] += 1
                     yield t, frame.to_ndarray(format="rgb24")
+        if untimed and (counted["corrupt"] or n_decoded != len(times)):
+            raise UnnumberedFrames(f"{n_decoded} frames decoded of {len(times)} packets ({counted['corrupt']} corrupt) "
+                                   "and the frames carry no timestamps: crops cannot be put on their frame numbers")
     return fps, gen()
 
 
@@ -225,20 +260,20 @@ def crop_video(videoid: str, path: Path, root: Path, opt: CropOptions) -> dict:
     info_path = root / "faces" / f"{videoid}.json"
     if info_path.is_file() and not opt.force:
         info = read_json(info_path)
-        if info.get("format") == FORMAT and info.get("path") == str(path) and info.get("every") == opt.every \
+        if numbered_alike(info, path) and info.get("path") == str(path) and info.get("every") == opt.every \
                 and info.get("two_people") == opt.two_people and info.get("size") == opt.size:
             return info | {"skipped": True}
     info = dict(format=FORMAT, videoid=videoid, path=str(path), every=opt.every, two_people=opt.two_people,
                 size=opt.size, frames=0, frames_with_face=0, tracks=0, crops=0, txtids=[], error="")
     staging = root / "cropped_aligned" / f".staging-{videoid}"   # hidden: never read as data
     shutil.rmtree(staging, ignore_errors=True)
-    rows, counted, shape = [], [0, 0], None
+    rows, counted, shape = [], {}, None
     try:
         fps, frames = frames_of(path, opt.every, counted)
         tracker = Tracker(opt.min_iou, max(1, round(opt.max_gap_seconds * fps)))
         batches = _batches(frames, opt.batch)
         if opt.progress:
-            total = -(-(probe_frames(path) or 0) // (opt.batch * opt.every)) or None
+            total = -(-counted["frames"] // (opt.batch * opt.every)) or None
             batches = track(batches, total=total, description=videoid, unit="frames", scale=opt.batch * opt.every)
         for batch in batches:
             found = detect([f for _, f in batch], opt.device, opt.detect_size, opt.min_score, opt.min_face)
@@ -267,13 +302,27 @@ def crop_video(videoid: str, path: Path, root: Path, opt: CropOptions) -> dict:
         os.replace(staging / str(track_id), root / "cropped_aligned" / f"{videoid}{suffix}")
     shutil.rmtree(staging, ignore_errors=True)
     save_parquet(root / "faces" / f"{videoid}.parquet", table)
-    n_frames = counted[0]
-    info.update(frames=n_frames, corrupt_packets=counted[1], frames_examined=len(range(1, n_frames + 1, opt.every)),
+    info.update(frames=counted["frames"], corrupt_packets=counted["corrupt"], frames_examined=counted["examined"],
                 frames_with_face=int(table["frame"].nunique()), tracks=int(table["track"].nunique()),
                 crops=int((table["txtid"] != "").sum()), txtids=sorted(set(table["txtid"]) - {""}),
                 width=int(shape[1]) if shape else 0, height=int(shape[0]) if shape else 0)
     write_json(info_path, info)
     return info
+
+
+def numbered_alike(info: dict, path: Path) -> bool:
+    """Whether a faces/<videoid>.json was written with today's frame numbers. Format 1 numbered
+    frames in decode order, which is the same numbering when no frame was lost (no corrupt packet
+    and one decoded frame per packet): such a video is not cropped again."""
+    if info.get("format") == FORMAT:
+        return True
+    if info.get("format") != 1 or info.get("corrupt_packets"):
+        return False
+    try:
+        with av.open(str(path)) as container:
+            return info.get("frames") == sum(1 for p in container.demux(_picture(container)) if p.size > 0)
+    except (av.FFmpegError, OSError):
+        return False
 
 
 def choose_tracks(table: pd.DataFrame, two_people: bool) -> dict[int, str]:
@@ -294,12 +343,3 @@ def choose_tracks(table: pd.DataFrame, two_people: bool) -> dict[int, str]:
 
 def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def probe_frames(path: Path) -> int:
-    """The frame count the container states (0 if it states none), for progress only."""
-    try:
-        with av.open(str(path)) as container:
-            return int(container.streams.video[0].frames or 0)
-    except (av.FFmpegError, OSError, IndexError):
-        return 0

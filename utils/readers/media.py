@@ -106,6 +106,23 @@ def frame_times_of(pts: list[int], time_base, start: int | None, fps: float) -> 
     return bool(np.abs(times - expected).max() > VFR_TOLERANCE / fps), times
 
 
+def packet_time(packet) -> int | None:
+    """A video packet's timestamp (stream time base): its pts, else its dts, else None. Frame
+    numbers and frame times are built from the video packets with a payload (size > 0)."""
+    return packet.pts if packet.pts is not None else packet.dts
+
+
+def frame_numbers(times: list[int | None]) -> dict[int, int] | None:
+    """Frame number t (1-based) of each video packet timestamp (packet_time of the packets of
+    size > 0, in any order): the rank of the timestamp among them, i.e. frame t is the t-th frame
+    in presentation order, the numbering read_video's frame count and frame times use and the
+    label files follow. A frame that cannot be decoded keeps its number, so the frames after it
+    are not shifted. None when a packet has no timestamp or two share one (the order is unknown)."""
+    if any(t is None for t in times) or len(set(times)) != len(times):
+        return None
+    return {int(t): i for i, t in enumerate(sorted(times), start=1)}
+
+
 def read_video(path: Path, sample_rate: int = 16000) -> Decoded:
     """Probe a container, read its video timestamps and decode its first audio stream, in one pass
     over the file. Raises av.FFmpegError (or OSError) on a file PyAV cannot open."""
@@ -119,7 +136,7 @@ def read_video(path: Path, sample_rate: int = 16000) -> Decoded:
         for packet in container.demux(*streams):
             if packet.stream.type == "video":
                 if packet.size > 0:
-                    pts.append(packet.pts if packet.pts is not None else packet.dts)
+                    pts.append(packet_time(packet))
                 continue
             try:
                 frames = packet.decode()
