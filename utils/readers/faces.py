@@ -19,8 +19,9 @@ named _left and _right by the mean horizontal position of their boxes.
 
 Frame numbers follow utils.readers.media: frame t (1-based) is the t-th frame of the video in
 presentation order, counted over its packets as prepare_data.py counts them; a decoded frame is
-numbered by its timestamp, so an undecodable packet does not shift the frames after it. Frames without a face of the chosen track get no crop (Aff-Wild2's cropped_aligned leaves
-them out too); the per-video table keeps every detection.
+numbered by its timestamp, so an undecodable packet does not shift the frames after it. Frames
+without a face of the chosen track get no crop (Aff-Wild2's cropped_aligned leaves them out too);
+the per-video table keeps every detection.
 """
 from __future__ import annotations
 
