@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from conftest import write_crops
@@ -78,6 +79,25 @@ def test_trainer_prints_the_plan_first_then_the_run_eta_and_writes_curves(tmp_pa
     assert sum(bool(re.search(r"run ETA \d+:\d\d$", line)) for line in out) == 2
     png = (tmp_path / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 150_000
+
+
+@pytest.mark.parametrize("every, drawn", [(0.0, [0, 1, 2, 3]), (1e9, [0, 3])])
+def test_curves_are_redrawn_at_most_every_so_often_and_after_the_last_epoch(tmp_path, monkeypatch, every, drawn):
+    import utils.training.engine as engine
+    calls = []
+    monkeypatch.setattr(engine, "plot_curves", lambda run: calls.append(len((run / "log.jsonl").read_text().splitlines())))
+    monkeypatch.setattr(Trainer, "CURVES_EVERY", every)
+    x, y = torch.randn(12, 4), torch.arange(12) % 3
+    cfg = SimpleNamespace(epochs=4, lr=1e-2, weight_decay=0.0, warmup_epochs=0.0, accum_steps=1, ema=False,
+                          ema_decay=0.9, patience=0, label_smoothing=0.0, grad_checkpointing=False)
+    sampler = ClassBalancedSampler(y.numpy(), 4, 0, num_classes=3)
+    class Toy(torch.utils.data.TensorDataset):
+        def set_epoch(self, epoch):
+            pass
+    loader = torch.utils.data.DataLoader(Toy(x, y), batch_size=6, sampler=sampler)
+    Trainer(torch.nn.Linear(4, 3), cfg, tmp_path, Dist(), "fp32", lambda net, b: (net(b[0]), b[1], len(b[1]), 0),
+            lambda model: score(y.numpy(), model(x).detach().numpy())).fit(loader, sampler)
+    assert [n - 1 for n in calls] == drawn   # the epochs whose line was the last when it was drawn
 
 
 def test_curves_skip_a_line_cut_short_by_a_crash(tmp_path):

@@ -165,10 +165,15 @@ def shard(n: int, d: Dist) -> np.ndarray:
 class Trainer:
     """Fits `model` with `cfg` (epochs, lr, weight_decay, warmup_epochs, accum_steps, ema,
     ema_decay, patience, label_smoothing, grad_checkpointing) and writes into `run`, curves.png
-    included (rewritten every epoch). A `plan` (utils.training.plan) is printed before the first
-    step, and the whole run's ETA after the first minute and on every epoch line."""
+    included (redrawn after the first and the last epoch, and after any epoch that ends
+    CURVES_EVERY seconds or more after the last drawing). A `plan` (utils.training.plan) is
+    printed before the first step, and the whole run's ETA after the first minute and on every
+    epoch line."""
 
     ETA_AFTER = 60.0   # seconds of training before the first whole-run ETA
+    # A matplotlib redraw costs about 0.3 s: after every epoch it was 85 % of a DFEW clip
+    # model's 80 short epochs (BENCHMARKS.md, "Faster tests"); a person looks less often.
+    CURVES_EVERY = 30.0
 
     def __init__(self, model, cfg, run: Path, d: Dist, precision: str, step_fn, evaluate_fn,
                  class_weights: torch.Tensor | None = None, metric: str = "macro-F1", plan: Plan | None = None,
@@ -189,6 +194,7 @@ class Trainer:
         self.step_fn, self.evaluate_fn = step_fn, evaluate_fn
         self.loss_weights = None if class_weights is None else class_weights.to(d.device)
         self.start_epoch, self.updates, self.best, self.best_epoch, self.bad_epochs = 0, 0, -1.0, -1, 0
+        self._drawn = -float("inf")   # when curves.png was last drawn (perf_counter seconds)
 
     @property
     def eval_model(self):
@@ -320,7 +326,9 @@ class Trainer:
                                                           val_macro_f1=val["macro_f1"]))
                 save_torch(self.run / "last.pt", self._state(epoch))
                 append_jsonl(self.run / "log.jsonl", record)
-                self._curves()
+                stopping = epoch == cfg.epochs - 1 or bool(cfg.patience and self.bad_epochs >= cfg.patience)
+                if stopping or time.perf_counter() - self._drawn >= self.CURVES_EVERY:
+                    self._curves()
                 eta = ""
                 if clock is not None:
                     eta = f"  run ETA {duration_text(clock.eta(epoch + 1, 0, False)[0])}"
@@ -335,6 +343,7 @@ class Trainer:
         return dict(best_epoch=self.best_epoch, best_val_macro_f1=self.best)
 
     def _curves(self) -> None:
+        self._drawn = time.perf_counter()
         try:
             plot_curves(self.run)
         except (OSError, ValueError, RuntimeError) as err:   # a missing plot must not stop a run
