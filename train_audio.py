@@ -204,7 +204,7 @@ def main(argv=None):
         save_config(run, asdict(cfg) | dict(precision=precision, world_size=d.world_size) | inputs)
         what = (f"{cfg.model} at {cfg.img_size}px on {cfg.n_mels}-mel windows" if cfg.backbone == "logmel" else
                 f"a {cfg.head_width}-wide head on {cfg.backbone} " + (
-                    f"layers {inputs['cached_layers'][0] + 1}-{inputs['speech_layers'][0]} fine-tuned" if cfg.finetune_layers
+                    f"layers {inputs['cached_layers'][0] + 1}..{inputs['speech_layers'][0]} fine-tuned" if cfg.finetune_layers
                     else "layer " + "+".join(map(str, inputs["speech_layers"]))) + " states, windows")
         log(f"{run}: {what} of {cfg.window_frames} frames, {precision}, {d.world_size} x {d.device}")
 
