@@ -100,6 +100,8 @@ def frame_times(video: pd.Series, n: int) -> np.ndarray:
 def run(cfg: PredictConfig) -> list[Path]:
     if not cfg.videos:
         raise DataError("no video given: predict_video.py VIDEO [VIDEO ...] --ensemble ensembles/<name>")
+    if cfg.sample_rate < 0:
+        raise DataError(f"--sample-rate {cfg.sample_rate}: a rate in Hz, or 0 for the audio runs' own")
     members, spec, name = members_of(cfg)
     out = Path(cfg.out)
     warnings = WarningCounter()

@@ -157,6 +157,8 @@ def test_the_sample_rate_comes_from_the_runs_data_folder_and_an_explicit_other_o
     assert "gone/meta.json is not here" in capsys.readouterr().err
     with pytest.raises(DataError, match=r"broken/meta.json: no readable sample_rate"):
         predict_video.main(["v.mp4", "--run", broken, "--out", str(tmp_path / "pred")])
+    with pytest.raises(DataError, match=r"--sample-rate -16000: a rate in Hz"):
+        predict_video.main(["v.mp4", "--run", audio, "--sample-rate", "-16000", "--out", str(tmp_path / "pred")])
 
 
 def test_a_video_with_no_decodable_frame_is_skipped_in_one_line(tmp_path, monkeypatch, capsys):
